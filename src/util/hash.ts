@@ -3,7 +3,7 @@ import { createReadStream } from 'node:fs';
 
 export async function sha256File(path: string): Promise<string> {
   const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) {
+  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 22 })) {
     hash.update(chunk as Buffer);
   }
   return hash.digest('hex');

@@ -1,0 +1,29 @@
+import { Command } from 'commander';
+import { setLogLevel } from '../util/log.js';
+import { printError } from './output.js';
+import { globals } from './globals.js';
+import { reapLeftovers } from './startup.js';
+import { registerImage } from './commands/image.js';
+import { registerVm } from './commands/vm.js';
+
+const program = new Command();
+program
+  .name('prewarm')
+  .description('run coding tasks in microVMs restored from pre-warmed snapshots')
+  .option('--json', 'print results as JSON')
+  .option('-v, --verbose', 'log every step to stderr')
+  .hook('preAction', async () => {
+    const g = globals(program);
+    setLogLevel(process.env.PREWARM_LOG_LEVEL ?? (g.verbose ? 'debug' : 'warn'));
+    await reapLeftovers();
+  });
+
+registerImage(program);
+registerVm(program);
+
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  printError(err, globals(program).json);
+  process.exitCode = 1;
+}

@@ -1,0 +1,98 @@
+import { randomBytes } from 'node:crypto';
+import { GuestError } from '../util/errors.js';
+import type { AgentClient } from './agent.js';
+import type { ExecResult } from './exec.js';
+
+/**
+ * What prewarm does to a guest, on top of the agent's primitives. The guest is Debian
+ * minbase plus git, nodejs, npm, qemu-guest-agent, iproute2 and util-linux; perl-base comes
+ * with minbase, python does not.
+ */
+
+export interface RunOptions {
+  timeoutMs: number;
+  /** Added to DEFAULT_ENV; the agent's own environment is not inherited. */
+  env?: Record<string, string>;
+  cwd?: string;
+}
+
+export interface RunResult extends Omit<ExecResult, 'stdout' | 'stderr'> {
+  stdout: string;
+  stderr: string;
+}
+
+export const DEFAULT_ENV: Readonly<Record<string, string>> = {
+  PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+  HOME: '/root',
+  LANG: 'C.UTF-8',
+};
+
+const ENTROPY_BYTES = 512;
+const HOUSEKEEPING_TIMEOUT_MS = 30_000;
+
+/**
+ * Writes stdin to /dev/urandom, then forces the kernel's CRNG to reseed with the
+ * RNDRESEEDCRNG ioctl (0x5207). Writing alone mixes the bytes in but leaves the current CRNG
+ * state in use, so two clones of one snapshot would go on producing the same bytes.
+ */
+const RESEED_PERL = [
+  'open(my $f, ">", "/dev/urandom") or die "open /dev/urandom: $!";',
+  'binmode STDIN; local $/; my $d = <STDIN>;',
+  'defined(syswrite($f, $d)) or die "write /dev/urandom: $!";',
+  'ioctl($f, 0x5207, 0) or die "RNDRESEEDCRNG: $!";',
+].join(' ');
+
+export class Guest {
+  constructor(readonly agent: AgentClient) {}
+
+  get vmId(): string {
+    return this.agent.vmId;
+  }
+
+  /** Set the guest clock to the host's; a restored guest keeps the time of its snapshot. */
+  async syncClock(): Promise<void> {
+    await this.agent.setTime(BigInt(Date.now()) * 1_000_000n);
+  }
+
+  /** Give the guest fresh host randomness, so clones of one snapshot stop sharing a CRNG. */
+  async reseedEntropy(): Promise<void> {
+    const result = await this.agent.exec({
+      path: '/usr/bin/perl',
+      args: ['-e', RESEED_PERL],
+      inputData: randomBytes(ENTROPY_BYTES),
+      timeoutMs: HOUSEKEEPING_TIMEOUT_MS,
+    });
+    this.check(result, 'reseeding the guest CRNG');
+  }
+
+  /** Write dirty pages to the guest's disk. */
+  async flush(): Promise<void> {
+    const result = await this.agent.sh('sync', { timeoutMs: HOUSEKEEPING_TIMEOUT_MS });
+    this.check(result, 'sync');
+  }
+
+  /** Run a shell script; a non-zero exit is a result, not an error. */
+  async run(script: string, opts: RunOptions): Promise<RunResult> {
+    const body =
+      opts.cwd === undefined ? script : `cd -- ${shellQuote(opts.cwd)} || exit 1\n${script}`;
+    const env = Object.entries({ ...DEFAULT_ENV, ...opts.env }).map(([k, v]) => `${k}=${v}`);
+    const result = await this.agent.sh(body, { timeoutMs: opts.timeoutMs, env });
+    const { stdout, stderr } = result;
+    return { ...result, stdout: stdout.toString('utf8'), stderr: stderr.toString('utf8') };
+  }
+
+  private check(result: ExecResult, what: string): void {
+    if (result.exitCode === 0) return;
+    const how = result.timedOut
+      ? 'timed out'
+      : result.signal !== null
+        ? `was killed by signal ${result.signal}`
+        : `exited with ${result.exitCode}`;
+    throw new GuestError(this.vmId, `${what} ${how}: ${result.stderr.toString('utf8').trim()}`);
+  }
+}
+
+/** Quote `value` for /bin/sh as one word. */
+export function shellQuote(value: string): string {
+  return `'${value.replaceAll("'", `'\\''`)}'`;
+}
