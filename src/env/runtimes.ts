@@ -94,10 +94,11 @@ async function resolveNode(requirement: string, source: string, registry: NodeRe
   const version = versions.at(-1);
   if (version === undefined) {
     const newest = newestPerMajor((await registry.all()).filter(isExact), 3);
+    const fix = source.startsWith('spec ') ? 'Change' : `Change ${source} or set`;
     throw new PrepareError(
       `Node.js "${requirement}" (from ${source}) matches no ${NODE_PACKAGE} release on the ` +
-        `npm registry; newest available: ${newest.join(', ')}. Change ${source} or set ` +
-        'runtimes.node in the environment spec',
+        `npm registry; newest available: ${newest.join(', ')}. ${fix} runtimes.node in the ` +
+        'environment spec',
       { code: 'RUNTIME_UNAVAILABLE' },
     );
   }

@@ -1,4 +1,4 @@
-import { mkdtemp, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -73,6 +73,7 @@ describe('env spec', () => {
     const spec = await loadSpec(file);
     expect(spec.repository).toEqual({ path: join(dir, 'repo'), ref: 'v1' });
     await expect(loadSpec(join(dir, 'missing.yaml'))).rejects.toThrow(/missing\.yaml/);
+    await rm(dir, { recursive: true, force: true });
   });
 
   it('reports YAML syntax errors with the file and line', () => {

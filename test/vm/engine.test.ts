@@ -36,7 +36,7 @@ describe('one VM: boot, snapshot, restore, destroy (real QEMU)', () => {
     const guest = await waitForGuest(vm, AGENT_TIMEOUT_MS);
     expect(await sh(guest, 'uname -r')).toMatch(/cloud-amd64$/);
     await sh(guest, 'echo from-the-source > /root/marker');
-    await guest.flush();
+    await guest.prepareForSnapshot();
     await guest.agent.close();
     await snapshotVm(vm, snapshotDir);
   });

@@ -83,7 +83,7 @@ export function registerVm(program: Command): void {
       const g = globals(program);
       await vmRecordOrThrow(vmId);
       const guest = await guestOf(vmId);
-      await guest.flush();
+      await guest.prepareForSnapshot();
       await guest.agent.close();
       const handle = await Vm.attach(vmId);
       const manifest = await snapshotVm(handle, resolve(dir));
