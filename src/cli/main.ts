@@ -5,6 +5,9 @@ import { globals } from './globals.js';
 import { reapLeftovers } from './startup.js';
 import { registerImage } from './commands/image.js';
 import { registerVm } from './commands/vm.js';
+import { registerEnv, registerSnapshot } from './commands/env.js';
+import { registerTask } from './commands/task.js';
+import { registerDemo } from './commands/demo.js';
 
 const program = new Command();
 program
@@ -20,6 +23,10 @@ program
 
 registerImage(program);
 registerVm(program);
+registerEnv(program);
+registerSnapshot(program);
+registerTask(program);
+registerDemo(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -1,0 +1,116 @@
+import type { Command } from 'commander';
+import { readFile } from 'node:fs/promises';
+import { specFor } from '../../env/lookup.js';
+import { openState } from '../../state/db.js';
+import { submitAndRun } from '../../task/record.js';
+import type { TaskResult } from '../../task/types.js';
+import { InputError, NotFoundError } from '../../util/errors.js';
+import { mib, report, table } from '../output.js';
+import { globals } from '../globals.js';
+
+export function renderResult(r: TaskResult): string {
+  const lines = [
+    `task ${r.taskId} on ${r.envName}: ${r.status}${r.message ? ` — ${r.message}` : ''}`,
+    `  snapshot ${r.snapshotId}, VM ${r.vmId ?? '-'}, base ${r.baseCommit.slice(0, 12)}`,
+    ...r.commands.map((c) => `  [${c.status}] ${c.command} (exit ${c.exitCode ?? '-'}, ` +
+      `${(c.durationMs / 1000).toFixed(2)} s, peak ${mib(c.peakMemoryBytes)})`),
+    `  memory: limit ${mib(r.memoryLimitBytes)}, peak in guest ${mib(r.peakMemoryBytes)}, ` +
+      `VMM on host ${mib(r.hostPeakRssBytes)}`,
+    `  timings: ${Object.entries(r.timingsMs).map(([k, v]) => `${k} ${v} ms`).join(', ')}`,
+  ];
+  if (r.diff) {
+    const s = r.diff.stats;
+    lines.push(s.tooLarge
+      ? `  diff: too large (${mib(s.sizeBytes)}); not returned`
+      : `  diff: ${s.filesChanged} file(s), +${s.insertions} -${s.deletions}` +
+        (s.binaryFiles ? `, ${s.binaryFiles} binary` : '') + (r.diff.fromFailedTask ? ' (from a failed task)' : ''));
+  }
+  return lines.join('\n');
+}
+
+export function registerTask(program: Command): void {
+  const task = program.command('task').description('tasks: run commands in a VM restored from a snapshot');
+
+  task.command('run')
+    .description('restore a VM of ENV, run commands under its memory limit, print the result and diff')
+    .argument('<env>', 'environment name or spec file')
+    .argument('[cmd...]', 'a command to run (after --)')
+    .option('--commit <sha>', 'check out this commit first')
+    .option('--script <file>', 'run each non-empty line of FILE as a command')
+    .option('--timeout <seconds>', 'wall-clock limit for the whole task')
+    .option('--no-rebuild', 'refuse instead of rebuilding a stale snapshot')
+    .option('--allow-stale', 'run on a stale snapshot instead of rebuilding')
+    .option('--diff-only', 'print only the patch on stdout')
+    .action(async (envArg: string, cmd: string[], opts: {
+      commit?: string; script?: string; timeout?: string; rebuild: boolean; allowStale?: boolean; diffOnly?: boolean;
+    }) => {
+      const g = globals(program);
+      const commands = opts.script
+        ? (await readFile(opts.script, 'utf8')).split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'))
+        : cmd.length > 0 ? [cmd.join(' ')] : [];
+      if (commands.length === 0) throw new InputError('give a command after --, or --script FILE');
+      const timeoutSeconds = opts.timeout === undefined ? undefined : Number(opts.timeout);
+      if (timeoutSeconds !== undefined && !(timeoutSeconds > 0)) {
+        throw new InputError(`--timeout must be a positive number of seconds, got "${opts.timeout}"`);
+      }
+      const { spec } = await specFor(envArg);
+      const state = openState();
+      try {
+        const live = !g.json && !opts.diffOnly;
+        const result = await submitAndRun(state, spec, {
+          envName: spec.name, commit: opts.commit, commands, timeoutSeconds,
+          noRebuild: !opts.rebuild, allowStale: opts.allowStale,
+        }, {
+          onOutput: live ? (chunk) => process.stdout.write(chunk) : undefined,
+          onEvent: live ? (m) => process.stderr.write(`prewarm: ${m}\n`) : undefined,
+        });
+        if (!result) return;
+        if (opts.diffOnly) process.stdout.write(result.diff?.patch ?? '');
+        else report(g.json, result, () => renderResult(result) +
+          (result.diff?.patch ? `\n\n${result.diff.patch}` : ''));
+        process.exitCode = result.status === 'succeeded' ? 0 : 2;
+      } finally {
+        state.close();
+      }
+    });
+
+  task.command('ls')
+    .description('recent tasks')
+    .option('--env <name>', 'only this environment')
+    .option('--limit <n>', 'how many', '20')
+    .action(async (opts: { env?: string; limit: string }) => {
+      const g = globals(program);
+      const state = openState();
+      try {
+        const tasks = await state.tasks.list({ envName: opts.env, limit: Number(opts.limit) || 20 });
+        report(g.json, tasks, () => table(tasks.map((t) => ({ id: t.id, env: t.envName, status: t.status,
+          peak: mib(t.peakMemoryBytes), created: t.createdAt.toISOString() })), ['id', 'env', 'status', 'peak', 'created']));
+      } finally {
+        state.close();
+      }
+    });
+
+  task.command('show')
+    .description('a task\'s result, output or diff')
+    .argument('<id>', 'task id')
+    .option('--log', 'print its output')
+    .option('--diff', 'print its patch')
+    .action(async (id: string, opts: { log?: boolean; diff?: boolean }) => {
+      const g = globals(program);
+      const state = openState();
+      try {
+        const t = await state.tasks.get(id);
+        if (!t) throw new NotFoundError(`no task ${id}; \`prewarm task ls\` lists tasks`);
+        if (opts.diff) {
+          process.stdout.write((await state.taskLogs.getDiff(id))?.patch ?? '');
+        } else if (opts.log) {
+          for (const c of await state.taskLogs.read(id, 0, 100_000)) if (c.stream === 'output') process.stdout.write(c.data);
+        } else {
+          report(g.json, t, () => t.result ? renderResult(t.result as unknown as TaskResult)
+            : `task ${t.id}: ${t.status}${t.error ? ` — ${t.error}` : ''}`);
+        }
+      } finally {
+        state.close();
+      }
+    });
+}

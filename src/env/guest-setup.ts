@@ -1,0 +1,62 @@
+import { randomBytes } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { AgentClient } from '../guest/agent.js';
+import { Guest, shellQuote } from '../guest/guest.js';
+import { PrepareError } from '../util/errors.js';
+import type { ResolvedEnv } from './inputs.js';
+
+/** Where the repository lives in every guest of an environment. */
+export function guestRepoDir(envName: string): string {
+  return `/workspace/${envName}`;
+}
+
+const GIT_TIMEOUT_MS = 10 * 60_000;
+const BUNDLE = '/tmp/prewarm-repo.bundle';
+
+/** Clone the repository into the guest at the resolved commit, on a branch named prewarm.
+ * A local repository travels as a git bundle over the agent (the guest never sees the host's
+ * files); a URL is cloned by the guest over its network. */
+export async function cloneIntoGuest(guest: Guest, env: ResolvedEnv, bundleFile: string | null): Promise<void> {
+  const dir = guestRepoDir(env.spec.name);
+  const source = bundleFile ? BUNDLE : env.spec.repository.url!;
+  if (bundleFile) {
+    await guest.agent.writeFile(BUNDLE, await readFile(bundleFile));
+  }
+  const script = [
+    'git config --global user.name prewarm && git config --global user.email prewarm@localhost',
+    "git config --global safe.directory '*' && git config --global advice.detachedHead false",
+    `git clone --quiet ${shellQuote(source)} ${shellQuote(dir)}`,
+    `cd ${shellQuote(dir)} && git checkout --quiet -B prewarm ${env.commit}`,
+    bundleFile ? `git remote remove origin; rm -f ${BUNDLE}` : 'true',
+  ].join(' && ');
+  const result = await guest.agent.exec({
+    path: '/usr/local/bin/prewarm-run', args: ['sh', '-c', script], timeoutMs: GIT_TIMEOUT_MS,
+  });
+  if (result.exitCode !== 0) {
+    throw new PrepareError(`environment ${env.spec.name}: cloning ${env.inputs.repository} at ` +
+      `${env.commit.slice(0, 12)} in VM ${guest.vmId} failed (exit ${result.exitCode}): ` +
+      `${result.stderr.toString().trim().split('\n').slice(-5).join('\n')}` +
+      (bundleFile ? '' : '\nIs the URL reachable from the guest, and is network.setup on?'),
+      { code: 'CLONE_FAILED' });
+  }
+}
+
+/**
+ * Scrub what the setup's secrets may have left in guest memory before the snapshot. The
+ * kernel zeroes freed pages (init_on_free=1), so what remains is live memory: the agent's
+ * heap, which saw the request that carried them, and the virtio-serial receive buffers,
+ * which are reused but never cleared. Restarting the agent frees its heap; pushing a few
+ * MiB of random bytes through the port overwrites every receive buffer.
+ */
+export async function scrubSecrets(guest: Guest, agentSocket: string, serialLogPath: string): Promise<Guest> {
+  await guest.agent.exec({
+    path: '/bin/sh', args: ['-c', 'setsid sh -c "sleep 0.3; pkill -x qemu-ga" >/dev/null 2>&1 &'],
+    timeoutMs: 10_000,
+  });
+  await guest.agent.close();
+  await new Promise((r) => setTimeout(r, 600));
+  const agent = await AgentClient.connect(agentSocket, { vmId: guest.vmId, timeoutMs: 30_000, serialLogPath });
+  // The port has 128 receive buffers of one page: 1 MiB cycles through all of them.
+  await agent.writeFile("/dev/null", randomBytes(1 << 20));
+  return new Guest(agent);
+}

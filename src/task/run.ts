@@ -1,0 +1,195 @@
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { mkdir, readFile, rm } from 'node:fs/promises';
+import { SnapshotStore } from '../snapshot/store.js';
+import { envStatus } from '../env/status.js';
+import { prepareEnv, redact } from '../env/prepare.js';
+import { guestRepoDir } from '../env/guest-setup.js';
+import { HostRepo } from '../env/repo.js';
+import { resolveSecrets, resolveTier, type EnvSpec } from '../env/spec.js';
+import type { Guest } from '../guest/guest.js';
+import { PrewarmError, errorMessage } from '../util/errors.js';
+import { logger } from '../util/log.js';
+import { paths } from '../util/paths.js';
+import { restoreReady, type ReadyVm, type VmSource } from './acquire.js';
+import { runLimited } from './limits.js';
+import { extractDiff } from './diff.js';
+import type { CommandOutcome, TaskRequest, TaskResult, TaskStatus } from './types.js';
+
+/** Guest memory the task may not take: the kernel, init and the agent live in it. */
+export const GUEST_RESERVE_MIB = 160;
+const DIFF_MAX_BYTES = 50 * 2 ** 20;
+const HOST_SAMPLE_MS = 250;
+
+export function newTaskId(): string {
+  return `task-${randomBytes(6).toString('hex')}`;
+}
+
+export interface RunTaskOptions {
+  taskId?: string;
+  /** Live output of the commands, as the guest writes it. */
+  onOutput?: (chunk: Buffer) => void;
+  /** Progress in words: "restored vm-… in 312 ms", "running: npm test". */
+  onEvent?: (message: string) => void;
+  vmSource?: VmSource;
+  /** Called once the VM is known, so a caller can record it. */
+  onVm?: (vmId: string, snapshotId: string) => void;
+}
+
+/** Pick the snapshot a task runs on: the fresh one, a rebuilt one, or (when the user allows
+ * it) the newest stale one. A stale snapshot is never used silently. */
+async function chooseSnapshot(spec: EnvSpec, req: TaskRequest, store: SnapshotStore, say: (m: string) => void): Promise<{ snapshotId: string; prepareMs: number }> {
+  const status = await envStatus(spec, store);
+  if (status.state === 'fresh') return { snapshotId: status.snapshotId!, prepareMs: 0 };
+  if (req.allowStale && status.newestSnapshotId) {
+    say(`snapshot ${status.newestSnapshotId} is stale (${status.reasons.join('; ')}); running on it as asked`);
+    return { snapshotId: status.newestSnapshotId, prepareMs: 0 };
+  }
+  if (req.noRebuild) {
+    throw new PrewarmError('SNAPSHOT_STALE', `environment ${spec.name} has no fresh snapshot ` +
+      `(${status.reasons.join('; ')}); run \`prewarm env prepare ${spec.name}\`, or pass --allow-stale`);
+  }
+  say(`environment ${spec.name} is ${status.state} (${status.reasons.join('; ')}); preparing it first`);
+  const startedAt = performance.now();
+  const prepared = await prepareEnv(spec, { quiet: true });
+  return { snapshotId: prepared.snapshotId, prepareMs: performance.now() - startedAt };
+}
+
+/**
+ * Run a task: restore a VM from the environment's fresh snapshot, check out the commit, run
+ * the commands under the tier's memory limit, extract the diff, destroy the VM. Whatever
+ * happens, the VM is destroyed and a result comes back; only bad input throws.
+ */
+export async function runTask(spec: EnvSpec, req: TaskRequest, opts: RunTaskOptions = {}): Promise<TaskResult> {
+  const taskId = opts.taskId ?? newTaskId();
+  const log = logger({ taskId, envId: spec.name });
+  const say = (m: string) => opts.onEvent?.(m);
+  const secrets = resolveSecrets(spec);
+  const tier = resolveTier(spec.tier);
+  const memoryLimitBytes = (tier.memoryMiB - GUEST_RESERVE_MIB) * 2 ** 20;
+  const timeoutMs = (req.timeoutSeconds ?? spec.task.timeoutSeconds) * 1000;
+  if (req.commands.length === 0) throw new PrewarmError('BAD_INPUT', 'a task needs at least one command');
+
+  const startedAt = new Date();
+  const timings: Record<string, number> = {};
+  const store = await SnapshotStore.open();
+  const t0 = performance.now();
+  const { snapshotId, prepareMs } = await chooseSnapshot(spec, req, store, say);
+  timings.freshness = Math.round(performance.now() - t0 - prepareMs);
+  if (prepareMs) timings.prepare = Math.round(prepareMs);
+  const stored = await store.get(snapshotId);
+  const snapshotCommit = String((stored.manifest.inputs as { commit?: string }).commit ?? '');
+
+  const result: TaskResult = {
+    taskId, envName: spec.name, snapshotId, vmId: null, status: 'error', message: null,
+    baseCommit: snapshotCommit, commands: [], memoryLimitBytes, peakMemoryBytes: null,
+    hostPeakRssBytes: null, timingsMs: timings, diff: null, startedAt: startedAt.toISOString(),
+    finishedAt: '',
+  };
+
+  let ready: ReadyVm | undefined;
+  let sampler: NodeJS.Timeout | undefined;
+  try {
+    ready = await (opts.vmSource ?? ((s, id) => restoreReady(s, id, store)))(spec, snapshotId);
+    timings[ready.fromPool ? 'pool' : 'restore'] = Math.round(ready.acquireMs);
+    result.vmId = ready.vm.id;
+    opts.onVm?.(ready.vm.id, snapshotId);
+    say(`${ready.fromPool ? 'took' : 'restored'} ${ready.vm.id} from ${snapshotId} in ${Math.round(ready.acquireMs)} ms`);
+    const vm = ready.vm;
+    sampler = setInterval(() => {
+      const rss = vm.hostMemory()?.rssBytes ?? null;
+      if (rss !== null) result.hostPeakRssBytes = Math.max(result.hostPeakRssBytes ?? 0, rss);
+    }, HOST_SAMPLE_MS);
+
+    const died = vm.processExited.then(() => {
+      throw new PrewarmError('VM_DIED', `VM ${vm.id} stopped in the middle of the task (its QEMU process exited)`);
+    });
+    died.catch(() => {});
+
+    if (req.commit) {
+      const t = performance.now();
+      result.baseCommit = await Promise.race([checkout(ready.guest, spec, req.commit), died]);
+      timings.checkout = Math.round(performance.now() - t);
+    }
+
+    const runStart = performance.now();
+    const deadline = Date.now() + timeoutMs;
+    for (const [index, command] of req.commands.entries()) {
+      say(`running: ${command}`);
+      const outcome = await Promise.race([runLimited(ready.guest, {
+        taskId, index, command, cwd: guestRepoDir(spec.name), env: { ...spec.env, ...secrets },
+        memoryLimitBytes, pidsMax: spec.task.pidsMax, timeoutMs: Math.max(1, deadline - Date.now()),
+        onOutput: opts.onOutput,
+      }), died]);
+      const entry: CommandOutcome = {
+        command, status: outcome.status, exitCode: outcome.exitCode, signal: outcome.signal,
+        peakMemoryBytes: outcome.peakMemoryBytes, oomKills: outcome.oomKills,
+        pidsLimitHits: outcome.pidsLimitHits, durationMs: Math.round(outcome.durationMs),
+      };
+      result.commands.push(entry);
+      if (entry.peakMemoryBytes !== null) {
+        result.peakMemoryBytes = Math.max(result.peakMemoryBytes ?? 0, entry.peakMemoryBytes);
+      }
+      if (entry.status !== 'succeeded') {
+        result.message = redact(outcome.message ?? `"${command}" ${entry.status}`, secrets);
+        break;
+      }
+    }
+    timings.run = Math.round(performance.now() - runStart);
+    const last = result.commands.at(-1)!;
+    result.status = last.status as TaskStatus;
+
+    const diffStart = performance.now();
+    const diff = await Promise.race([extractDiff(ready.guest, {
+      repoDir: guestRepoDir(spec.name), baseCommit: result.baseCommit, maxBytes: DIFF_MAX_BYTES,
+    }), died]);
+    result.diff = {
+      patch: diff.tooLarge ? null : diff.patch,
+      stats: { ...diff.stats, sizeBytes: diff.sizeBytes, tooLarge: diff.tooLarge },
+      fromFailedTask: result.status !== 'succeeded',
+    };
+    timings.diff = Math.round(performance.now() - diffStart);
+  } catch (err) {
+    result.status = 'error';
+    result.message = redact(errorMessage(err), secrets);
+    log.warn({ err: result.message }, 'task error');
+  } finally {
+    clearInterval(sampler);
+    const destroyStart = performance.now();
+    await ready?.guest.agent.close().catch(() => {});
+    await ready?.vm.destroy().catch((err) => log.warn({ err: errorMessage(err) }, 'destroy failed'));
+    timings.destroy = Math.round(performance.now() - destroyStart);
+    result.finishedAt = new Date().toISOString();
+  }
+  return result;
+}
+
+/** Check out a commit in the guest, shipping it from the host's mirror when the snapshot
+ * does not have it (tasks usually have no network). Returns the full commit id. */
+async function checkout(guest: Guest, spec: EnvSpec, ref: string): Promise<string> {
+  const repo = HostRepo.forSpec(spec);
+  const commit = await repo.resolveRef(ref);
+  const dir = guestRepoDir(spec.name);
+  const has = await guest.run(`git cat-file -e ${commit}^{commit}`, { timeoutMs: 30_000, cwd: dir });
+  if (has.exitCode !== 0) {
+    const work = join(paths.tmp(), `bundle-${randomBytes(4).toString('hex')}`);
+    await mkdir(work, { recursive: true });
+    try {
+      const bundle = join(work, 'repo.bundle');
+      await repo.createBundle(commit, bundle);
+      await guest.agent.writeFile('/tmp/prewarm-fetch.bundle', await readFile(bundle));
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+    const fetched = await guest.run('git fetch --quiet /tmp/prewarm-fetch.bundle prewarm && rm -f /tmp/prewarm-fetch.bundle',
+      { timeoutMs: 5 * 60_000, cwd: dir });
+    if (fetched.exitCode !== 0) {
+      throw new PrewarmError('CHECKOUT_FAILED', `fetching ${commit.slice(0, 12)} into VM ${guest.vmId} failed: ${fetched.stderr.trim()}`);
+    }
+  }
+  const out = await guest.run(`git checkout --quiet -B prewarm ${commit}`, { timeoutMs: 60_000, cwd: dir });
+  if (out.exitCode !== 0) {
+    throw new PrewarmError('CHECKOUT_FAILED', `checking out ${commit.slice(0, 12)} in VM ${guest.vmId} failed: ${out.stderr.trim()}`);
+  }
+  return commit;
+}
