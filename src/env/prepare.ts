@@ -1,4 +1,4 @@
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { vmConfig } from '../engine/config.js';
@@ -8,6 +8,7 @@ import { waitForGuest } from '../guest/ready.js';
 import type { Guest } from '../guest/guest.js';
 import { SnapshotStore } from '../snapshot/store.js';
 import { runLimited } from '../task/limits.js';
+import { GUEST_RESERVE_MIB } from '../task/reserve.js';
 import { PrepareError } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import { paths } from '../util/paths.js';
@@ -88,7 +89,7 @@ export async function prepareEnv(spec: EnvSpec, opts: PrepareOptions = {}): Prom
     });
 
     progress.step('runtime');
-    await timed('runtime', () => installRuntimes(guest, env, opts.onOutput));
+    await timed('runtime', () => installRuntimes(guest, env, tier.memoryMiB, opts.onOutput));
 
     progress.step('setup');
     await timed('setup', () => runSetup(guest, env, secrets, tier.memoryMiB, opts.onOutput));
@@ -109,7 +110,7 @@ export async function prepareEnv(spec: EnvSpec, opts: PrepareOptions = {}): Prom
       envName: spec.name, cacheKey: env.cacheKey, inputs: { ...env.inputs }, agentsMd: env.agentsMd,
     }));
     // The uncompressed copy is exactly what restores map: keep it as the local cache.
-    await store.adoptCache(stored.id, engineDir).catch(() => rm(engineDir, { recursive: true, force: true }));
+    await rename(engineDir, join(store.cacheDir, stored.id)).catch(() => rm(engineDir, { recursive: true, force: true }));
     progress.done();
 
     const rawBytes = stored.rawSizeBytes;
@@ -129,7 +130,15 @@ export async function prepareEnv(spec: EnvSpec, opts: PrepareOptions = {}): Prom
   }
 }
 
-async function installRuntimes(guest: Guest, env: ResolvedEnv, onOutput?: (chunk: Buffer) => void): Promise<void> {
+/** Setup commands get the whole tier (less the guest's own share) and no process limit to
+ * speak of; tasks get the spec's limits. */
+const SETUP_PIDS_MAX = 32_768;
+
+function setupMemoryBytes(memoryMiB: number): number {
+  return (memoryMiB - GUEST_RESERVE_MIB) * 2 ** 20;
+}
+
+async function installRuntimes(guest: Guest, env: ResolvedEnv, memoryMiB: number, onOutput?: (chunk: Buffer) => void): Promise<void> {
   const scripts: [string, string][] = [];
   if (env.runtimes.node) scripts.push([`Node.js ${env.runtimes.node.version}`, env.runtimes.node.installScript]);
   if (env.runtimes.python) {
@@ -139,7 +148,7 @@ async function installRuntimes(guest: Guest, env: ResolvedEnv, onOutput?: (chunk
   for (const [what, script] of scripts) {
     const result = await runLimited(guest, {
       taskId: 'prepare', index: 0, command: script, cwd: '/', env: {},
-      memoryLimitBytes: 0, pidsMax: 0, timeoutMs: RUNTIME_TIMEOUT_MS, onOutput,
+      memoryLimitBytes: setupMemoryBytes(memoryMiB), pidsMax: SETUP_PIDS_MAX, timeoutMs: RUNTIME_TIMEOUT_MS, onOutput,
     });
     if (result.exitCode !== 0) {
       throw new PrepareError(`environment ${env.spec.name}: installing ${what} in VM ${guest.vmId} ` +
@@ -155,7 +164,7 @@ async function runSetup(
 ): Promise<void> {
   const result = await runLimited(guest, {
     taskId: 'prepare', index: 1, command: env.spec.setup, cwd: guestRepoDir(env.spec.name),
-    env: { ...env.spec.env, ...secrets }, memoryLimitBytes: memoryMiB * 2 ** 20, pidsMax: 0,
+    env: { ...env.spec.env, ...secrets }, memoryLimitBytes: setupMemoryBytes(memoryMiB), pidsMax: SETUP_PIDS_MAX,
     timeoutMs: SETUP_TIMEOUT_MS, onOutput,
   });
   if (result.status !== 'succeeded') {

@@ -1,11 +1,13 @@
-import { errorMessage, PrewarmError } from '../util/errors.js';
+import type { ExecaError } from 'execa';
+import { errorMessage, HostSetupError, PrewarmError } from '../util/errors.js';
+import { SETUP_COMMAND } from '../util/host-tools.js';
 
 /**
  * Errors from the host (disk full, permissions, a file where a directory should be) as
  * opposed to errors in a snapshot's content. A host fault never marks or deletes a snapshot;
  * it says what happened and what to change on the host.
  *
- * Codes: HOST_NO_SPACE for ENOSPC/EDQUOT, HOST_IO for everything else.
+ * Codes: HOST_NO_SPACE for ENOSPC/EDQUOT, HOST_IO for other errno failures.
  */
 const ADVICE: Record<string, string> = {
   ENOSPC: 'free space on that filesystem and retry',
@@ -19,24 +21,27 @@ const ADVICE: Record<string, string> = {
   EIO: 'the disk reported an I/O error; check the host (dmesg) before retrying',
 };
 
-export function errnoOf(err: unknown): string | undefined {
+function errnoOf(err: unknown): string | undefined {
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
-  return typeof code === 'string' ? code : undefined;
+  return typeof code === 'string' && /^E[A-Z]+$/.test(code) ? code : undefined;
 }
 
-/** Wrap a host error with what was being done; PrewarmErrors pass through unchanged. */
-export function hostFault(err: unknown, doing: string): PrewarmError {
-  if (err instanceof PrewarmError) return err;
-
+/**
+ * Wrap an errno error with what was being done. Anything else (a PrewarmError, a bug) is
+ * returned unchanged, so it is never passed off as the host's fault.
+ */
+export function hostFault(err: unknown, doing: string): unknown {
   const errno = errnoOf(err);
-  const advice = (errno && ADVICE[errno]) ?? 'retry once the host problem is fixed';
+  if (err instanceof PrewarmError || !errno) return err;
+
+  const advice = ADVICE[errno] ?? 'retry once the host problem is fixed';
   const code = errno === 'ENOSPC' || errno === 'EDQUOT' ? 'HOST_NO_SPACE' : 'HOST_IO';
   const message = `${doing} failed: ${errorMessage(err)}. No snapshot was changed; ${advice}.`;
   return new PrewarmError(code, message, { cause: err });
 }
 
 /** The errno a tool printed on stderr, for tools that only give an exit code. */
-export function errnoFromStderr(stderr: string): string | undefined {
+function errnoFromStderr(stderr: string): string | undefined {
   if (/No space left on device/i.test(stderr)) return 'ENOSPC';
   if (/Disk quota exceeded/i.test(stderr)) return 'EDQUOT';
   if (/Permission denied/i.test(stderr)) return 'EACCES';
@@ -44,4 +49,36 @@ export function errnoFromStderr(stderr: string): string | undefined {
   if (/Not a directory/i.test(stderr)) return 'ENOTDIR';
   if (/Input\/output error/i.test(stderr)) return 'EIO';
   return undefined;
+}
+
+/**
+ * Turn a failed run of a host tool (zstd, qemu-img) into an error that says what happened:
+ * HostSetupError when it is not installed, a host fault when its stderr names one, otherwise
+ * `<TOOL>_FAILED` with the tool's own words.
+ */
+export function toolFailure(
+  tool: string,
+  debianPackage: string,
+  err: unknown,
+  doing: string,
+): PrewarmError {
+  const failure = err as ExecaError;
+  if (failure.code === 'ENOENT') {
+    return new HostSetupError(
+      `${tool} is not installed (Debian package ${debianPackage}); ` +
+        `run ${SETUP_COMMAND} to install prewarm's host packages`,
+      { cause: err },
+    );
+  }
+
+  const stderr = String(failure.stderr ?? '').trim();
+  const errno = errnoFromStderr(stderr);
+  if (errno) {
+    const fault = Object.assign(new Error(`${tool}: ${stderr}`), { code: errno });
+    return hostFault(fault, doing) as PrewarmError;
+  }
+  const exit = failure.exitCode ?? failure.signal;
+  const code = `${tool.toUpperCase().replace(/[^A-Z]/g, '_')}_FAILED`;
+  const message = `${doing} failed: ${tool} exited with ${exit}: ${stderr || failure.shortMessage}`;
+  return new PrewarmError(code, message, { cause: err });
 }

@@ -56,9 +56,9 @@ export async function materializeSnapshot(
   log: Logger,
 ): Promise<string> {
   if (!snap.valid) {
+    // The reason is the failed check's message, which already says what to do.
     throw new SnapshotError(
-      `snapshot ${snap.id} is marked invalid (${snap.invalidReason}) and will not be restored. ` +
-        fixHint(snap.id),
+      `snapshot ${snap.id} is marked invalid and will not be restored: ${snap.invalidReason}`,
       { code: 'SNAPSHOT_INVALID' },
     );
   }
@@ -100,9 +100,9 @@ async function markInvalidOrLog(
 ): Promise<void> {
   try {
     await markInvalid(snap.dir, err);
-    log.warn({ snapshotId: snap.id, code: err.code }, 'snapshot marked invalid');
+    log.warn({ code: err.code }, 'snapshot marked invalid');
   } catch (markErr) {
-    log.error({ snapshotId: snap.id, err: errorMessage(markErr) }, 'could not mark invalid');
+    log.error({ err: errorMessage(markErr) }, 'could not mark the snapshot invalid');
   }
 }
 

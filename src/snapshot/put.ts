@@ -110,7 +110,12 @@ export async function putSnapshot(
       },
       'snapshot stored',
     );
-    return { ...stored, verifyMs, compressMs, totalMs };
+    return {
+      ...stored,
+      verifyMs: Math.round(verifyMs),
+      compressMs: Math.round(compressMs),
+      totalMs: Math.round(totalMs),
+    };
   } catch (err) {
     await rm(tmpDir, { recursive: true, force: true }).catch(() => undefined);
     throw hostFault(err, `storing snapshot ${id} from ${engineDir}`);

@@ -60,7 +60,8 @@ export const OUTPUT_TAIL_BYTES = 16 * 1024;
 export function classify(o: Outcome): { status: CommandStatus; message: string } {
   const name = quoteCommand(o.command);
   if (o.oomKills > 0) {
-    const peak = o.peakMemoryBytes === null ? 'peak unknown' : `peak ${formatMiB(o.peakMemoryBytes)}`;
+    const peak =
+      o.peakMemoryBytes === null ? 'peak unknown' : `peak ${formatMiB(o.peakMemoryBytes)}`;
     return {
       status: 'oom_killed',
       message:

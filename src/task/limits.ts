@@ -11,7 +11,7 @@ import {
 } from './command-result.js';
 import { TaskError } from './errors.js';
 import { followGuestFile } from './guest-log.js';
-import { LIMITS_SCRIPT, parseKeyValues, runEnv } from './limits-script.js';
+import { LIMITS_SCRIPT, parseKeyValues, scriptEnv } from './limits-script.js';
 
 /**
  * Run one command of a task in the guest under its limits: a fresh cgroup v2 with
@@ -71,29 +71,32 @@ export async function runLimited(guest: Guest, opts: LimitedCommand): Promise<Co
   // The supervisor runs as plain sh: only the command needs the guest's environment, and it
   // gets it from prewarm-run inside the cgroup.
   const startedMs = performance.now();
-  let exec: ExecResult;
+  let exec: ExecResult | undefined;
+  let values: Map<string, string>;
+  let durationMs: number;
   try {
     exec = await agent.exec({
       path: '/bin/sh',
       args: ['-c', LIMITS_SCRIPT, 'prewarm-limits', 'run', cgroup, logPath,
-        String(opts.memoryLimitBytes), String(opts.pidsMax), opts.cwd],
-      env: runEnv(DEFAULT_ENV, opts.command, opts.env ?? {}),
+        String(opts.memoryLimitBytes), String(opts.pidsMax), opts.cwd, opts.command],
+      env: scriptEnv(DEFAULT_ENV, opts.env ?? {}),
       timeoutMs: opts.timeoutMs,
     });
+    durationMs = Math.round(performance.now() - startedMs);
+
+    values = parseKeyValues(exec.stdout.toString('utf8'));
+    if (!values.has('cgroup_removed') && !values.has('cgroup_missing')) {
+      if (!exec.timedOut) throw supervisorError(opts.taskId, cgroup, exec);
+      // The timeout killed the supervisor: kill the cgroup's processes and read it from here.
+      values = new Map([...values, ...(await collect(guest, opts.taskId, cgroup))]);
+    }
   } catch (err) {
     await follower.stop().catch(() => undefined);
-    await collect(guest, opts.taskId, cgroup).catch(() => undefined);
+    // The agent failed mid-run: try not to leave the command running.
+    if (exec === undefined) await collect(guest, opts.taskId, cgroup).catch(() => undefined);
+    if (err instanceof TaskError) throw err;
     throw new TaskError(opts.taskId, `running command ${opts.index} failed: ${errorMessage(err)}`,
       { cause: err });
-  }
-  const durationMs = Math.round(performance.now() - startedMs);
-
-  let values = parseKeyValues(exec.stdout.toString('utf8'));
-  const finished = values.has('exit_code');
-  if (!values.has('cgroup_removed') && !values.has('cgroup_missing')) {
-    if (!exec.timedOut) throw supervisorError(opts.taskId, cgroup, exec);
-    // The timeout killed the supervisor: kill the cgroup's processes and read it from here.
-    values = new Map([...values, ...(await collect(guest, opts.taskId, cgroup))]);
   }
 
   let outputBytes: number;
@@ -104,6 +107,8 @@ export async function runLimited(guest: Guest, opts: LimitedCommand): Promise<Co
       `${logPath} failed: ${errorMessage(err)}`, { cause: err });
   }
 
+  // A command that ended just as the timeout fired keeps its own result.
+  const finished = values.has('exit_code');
   const timedOut = exec.timedOut && !finished;
   const exitCode = finished ? Number(values.get('exit_code')) : null;
   const peak = values.get('peak_memory_bytes');
@@ -128,7 +133,7 @@ export async function runLimited(guest: Guest, opts: LimitedCommand): Promise<Co
     status,
     message,
     exitCode,
-    signal: timedOut ? 9 : signalOf(exitCode),
+    signal: timedOut ? 9 : signalOf(exitCode), // the host's kill is SIGKILL
     peakMemoryBytes: outcome.peakMemoryBytes,
     memoryLimitBytes: opts.memoryLimitBytes,
     oomKills: outcome.oomKills,
@@ -147,7 +152,7 @@ async function collect(guest: Guest, taskId: string, cgroup: string): Promise<Ma
   const exec = await guest.agent.exec({
     path: '/bin/sh',
     args: ['-c', LIMITS_SCRIPT, 'prewarm-limits', 'collect', cgroup],
-    env: runEnv(DEFAULT_ENV, '', {}),
+    env: scriptEnv(DEFAULT_ENV, {}),
     timeoutMs: COLLECT_TIMEOUT_MS,
   });
   if (exec.exitCode !== 0) throw supervisorError(taskId, cgroup, exec);
@@ -178,13 +183,15 @@ function validate(opts: LimitedCommand): void {
   if (!opts.command.trim()) bad('command', 'is empty');
   if (opts.command.includes('\0')) bad('command', 'contains a NUL byte');
   if (!opts.cwd.startsWith('/')) bad('cwd', `"${opts.cwd}" must be an absolute path`);
-  if (!Number.isSafeInteger(opts.memoryLimitBytes) || opts.memoryLimitBytes < MIN_MEMORY_LIMIT_BYTES) {
+  const memory = opts.memoryLimitBytes;
+  if (!Number.isSafeInteger(memory) || memory < MIN_MEMORY_LIMIT_BYTES) {
     bad('memoryLimitBytes', `must be an integer of at least ${MIN_MEMORY_LIMIT_BYTES}`);
   }
   if (!Number.isSafeInteger(opts.pidsMax) || opts.pidsMax < 1) bad('pidsMax', 'must be ≥ 1');
   if (!(opts.timeoutMs > 0)) bad('timeoutMs', 'must be > 0');
   for (const [name, value] of Object.entries(opts.env ?? {})) {
     if (!ENV_NAME.test(name)) bad(`env.${name}`, `is not a valid variable name (${ENV_NAME})`);
+    if (name.startsWith('PREWARM_ENV_')) bad(`env.${name}`, 'uses the reserved PREWARM_ENV_');
     if (value.includes('\0')) bad(`env.${name}`, 'contains a NUL byte');
   }
 }

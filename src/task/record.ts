@@ -36,10 +36,10 @@ export async function runRecorded(
     await pending;
     if (result.diff) {
       await state.taskLogs.putDiff(taskId, {
-        patch: Buffer.from(result.diff.patch ?? ''), stats: result.diff.stats, tooLarge: result.diff.stats.tooLarge,
+        patch: result.diff.patchBytes ?? Buffer.alloc(0), stats: result.diff.stats, tooLarge: result.diff.stats.tooLarge,
       });
     }
-    const stored = { ...result, diff: result.diff ? { ...result.diff, patch: null } : null };
+    const stored = { ...result, diff: result.diff ? { ...result.diff, patch: null, patchBytes: undefined } : null };
     if (result.status === 'error') await state.tasks.markError(taskId, result.message ?? 'error', stored);
     else await state.tasks.markFinished(taskId, result.status, stored);
     return result;

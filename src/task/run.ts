@@ -13,11 +13,10 @@ import { logger } from '../util/log.js';
 import { paths } from '../util/paths.js';
 import { restoreReady, type ReadyVm, type VmSource } from './acquire.js';
 import { runLimited } from './limits.js';
+import { GUEST_RESERVE_MIB } from './reserve.js';
 import { extractDiff } from './diff.js';
 import type { CommandOutcome, TaskRequest, TaskResult, TaskStatus } from './types.js';
 
-/** Guest memory the task may not take: the kernel, init and the agent live in it. */
-export const GUEST_RESERVE_MIB = 160;
 const DIFF_MAX_BYTES = 50 * 2 ** 20;
 const HOST_SAMPLE_MS = 250;
 
@@ -137,14 +136,16 @@ export async function runTask(spec: EnvSpec, req: TaskRequest, opts: RunTaskOpti
     }
     timings.run = Math.round(performance.now() - runStart);
     const last = result.commands.at(-1)!;
-    result.status = last.status as TaskStatus;
+    // A refused fork fails the command; the task says so in its message.
+    result.status = (last.status === 'pids_limited' ? 'failed' : last.status) as TaskStatus;
 
     const diffStart = performance.now();
     const diff = await Promise.race([extractDiff(ready.guest, {
       repoDir: guestRepoDir(spec.name), baseCommit: result.baseCommit, maxBytes: DIFF_MAX_BYTES,
     }), died]);
     result.diff = {
-      patch: diff.tooLarge ? null : diff.patch,
+      patch: diff.tooLarge ? null : diff.patch.toString('utf8'),
+      patchBytes: diff.tooLarge ? undefined : diff.patch,
       stats: { ...diff.stats, sizeBytes: diff.sizeBytes, tooLarge: diff.tooLarge },
       fromFailedTask: result.status !== 'succeeded',
     };

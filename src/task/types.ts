@@ -17,7 +17,7 @@ export type TaskStatus = 'succeeded' | 'failed' | 'oom_killed' | 'timed_out' | '
 
 export interface CommandOutcome {
   command: string;
-  status: 'succeeded' | 'failed' | 'oom_killed' | 'timed_out';
+  status: 'succeeded' | 'failed' | 'oom_killed' | 'timed_out' | 'pids_limited';
   exitCode: number | null;
   signal: number | null;
   peakMemoryBytes: number | null;
@@ -51,7 +51,8 @@ export interface TaskResult {
   /** Highest resident memory of the VMM process on the host while the task ran. */
   hostPeakRssBytes: number | null;
   timingsMs: Record<string, number>;
-  diff: { patch: string | null; stats: DiffStats; fromFailedTask: boolean } | null;
+  /** `patch` is the text to show; `patchBytes` the exact bytes (stored, applied). */
+  diff: { patch: string | null; patchBytes?: Buffer; stats: DiffStats; fromFailedTask: boolean } | null;
   startedAt: string;
   finishedAt: string;
 }

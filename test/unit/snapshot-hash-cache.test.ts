@@ -34,6 +34,15 @@ async function fixture(name: string, sizeBytes = 4096) {
   return { path, data, digest: { sizeBytes, sha256: sha256(data) } };
 }
 
+async function caught<E = SnapshotError>(promise: Promise<unknown>): Promise<E> {
+  try {
+    await promise;
+  } catch (err) {
+    return err as E;
+  }
+  throw new Error('expected a rejection');
+}
+
 async function codeOf(promise: Promise<unknown>): Promise<string> {
   const err = await promise.then(
     () => undefined,
@@ -69,7 +78,7 @@ describe('verifyFile', () => {
     data[100] ^= 0xff;
     await writeFile(path, data);
 
-    const err = await verifyFile(path, digest).catch((e: unknown) => e as SnapshotError);
+    const err = await caught(verifyFile(path, digest));
     expect(err.code).toBe('SNAPSHOT_CORRUPT');
     expect(err.message).toContain(path);
     expect(err.message).toContain('prewarm env prepare');
@@ -93,7 +102,7 @@ describe('verifyFile', () => {
   it('refuses a wrong size without hashing, giving both sizes', async () => {
     const { path, digest } = await fixture('state.bin');
     await truncate(path, 1000);
-    const err = await verifyFile(path, digest).catch((e: unknown) => e as SnapshotError);
+    const err = await caught(verifyFile(path, digest));
     expect(err.code).toBe('SNAPSHOT_TRUNCATED');
     expect(err.message).toContain('1000 bytes');
     expect(err.message).toContain(String(digest.sizeBytes));
@@ -102,17 +111,17 @@ describe('verifyFile', () => {
 
   it('reports a missing file', async () => {
     const path = join(dir, 'nope');
-    const err = await verifyFile(path, { sizeBytes: 1, sha256: 'a'.repeat(64) }).catch(
-      (e: unknown) => e as SnapshotError,
-    );
+    const err = await caught(verifyFile(path, { sizeBytes: 1, sha256: 'a'.repeat(64) }));
     expect(err.code).toBe('SNAPSHOT_MISSING_FILE');
     expect(err.message).toContain(path);
   });
 
   it('passes host errors through unchanged', async () => {
     const { path } = await fixture('file');
-    const err = await verifyFile(join(path, 'child'), { sizeBytes: 1, sha256: '0'.repeat(64) })
-      .catch((e: unknown) => e as NodeJS.ErrnoException);
+    const child = join(path, 'child');
+    const err = await caught<NodeJS.ErrnoException>(
+      verifyFile(child, { sizeBytes: 1, sha256: '0'.repeat(64) }),
+    );
     expect(err).not.toBeInstanceOf(SnapshotError);
     expect(err.code).toBe('ENOTDIR');
   });
@@ -153,11 +162,11 @@ describe('verifyEngineSnapshotDir', () => {
 
   it('names the manifest when it is missing, not JSON, or has a bad field', async () => {
     const manifestPath = join(dir, 'snapshot.json');
-    let err = await verifyEngineSnapshotDir(dir).catch((e: unknown) => e as SnapshotError);
+    let err = await caught(verifyEngineSnapshotDir(dir));
     expect([err.code, err.message.includes(manifestPath)]).toEqual(['SNAPSHOT_MISSING_FILE', true]);
 
     await writeFile(manifestPath, '{ nope');
-    err = await verifyEngineSnapshotDir(dir).catch((e: unknown) => e as SnapshotError);
+    err = await caught(verifyEngineSnapshotDir(dir));
     expect([err.code, err.message.includes(manifestPath)]).toEqual(['SNAPSHOT_BAD_MANIFEST', true]);
 
     const manifest = await engineDir();
@@ -165,7 +174,7 @@ describe('verifyEngineSnapshotDir', () => {
       manifestPath,
       JSON.stringify({ ...manifest, files: { ...manifest.files, 'state.bin': { sizeBytes: -1 } } }),
     );
-    err = await verifyEngineSnapshotDir(dir).catch((e: unknown) => e as SnapshotError);
+    err = await caught(verifyEngineSnapshotDir(dir));
     expect(err.code).toBe('SNAPSHOT_BAD_MANIFEST');
     expect(err.message).toContain('files.state.bin.sizeBytes');
   });

@@ -65,8 +65,8 @@ export function registerTask(program: Command): void {
           onEvent: live ? (m) => process.stderr.write(`prewarm: ${m}\n`) : undefined,
         });
         if (!result) return;
-        if (opts.diffOnly) process.stdout.write(result.diff?.patch ?? '');
-        else report(g.json, result, () => renderResult(result) +
+        if (opts.diffOnly) process.stdout.write(result.diff?.patchBytes ?? '');
+        else report(g.json, { ...result, diff: result.diff && { ...result.diff, patchBytes: undefined } }, () => renderResult(result) +
           (result.diff?.patch ? `\n\n${result.diff.patch}` : ''));
         process.exitCode = result.status === 'succeeded' ? 0 : 2;
       } finally {

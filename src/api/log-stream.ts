@@ -1,0 +1,100 @@
+import type { ServerResponse } from 'node:http';
+import type { FastifyReply } from 'fastify';
+import type { LogChunk, StateStore, TaskStatus } from '../state/db.js';
+import type { LogEntry } from './schemas.js';
+
+const KEEPALIVE_MS = 15_000;
+const OPEN: readonly TaskStatus[] = ['queued', 'running'];
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** A chunk as the JSON data of one event: text when it is valid UTF-8, else base64. */
+export function logEntry(chunk: LogChunk): LogEntry {
+  const base = { seq: chunk.seq, stream: chunk.stream, at: chunk.at.toISOString() };
+  try {
+    return { ...base, text: utf8.decode(chunk.data) };
+  } catch {
+    return { ...base, base64: chunk.data.toString('base64') };
+  }
+}
+
+/**
+ * Task logs as server-sent events. A stream replays the stored chunks after `afterSeq`, then
+ * polls the state store every `pollMs` for new ones, and ends with an `end` event once the
+ * task has ended and its runner in this service has let go of it (so the last chunks are
+ * in). Chunks come from the state store, so a task run by another process can be followed
+ * too.
+ */
+export class LogStreams {
+  private readonly open = new Set<ServerResponse>();
+
+  constructor(
+    private readonly state: StateStore,
+    private readonly isActive: (taskId: string) => boolean,
+    private readonly pollMs = 200,
+  ) {}
+
+  async serve(reply: FastifyReply, taskId: string, afterSeq: number): Promise<void> {
+    reply.hijack();
+    const res = reply.raw;
+    res.writeHead(200, {
+      'content-type': 'text/event-stream; charset=utf-8',
+      'cache-control': 'no-cache',
+      connection: 'keep-alive',
+      'x-accel-buffering': 'no',
+    });
+    this.open.add(res);
+    let closed = false;
+    res.on('close', () => {
+      closed = true;
+    });
+
+    let seq = afterSeq;
+    let lastWriteMs = Date.now();
+    try {
+      while (!closed && this.open.has(res)) {
+        const task = await this.state.tasks.get(taskId);
+        const ended = !task || (!OPEN.includes(task.status) && !this.isActive(taskId));
+        const chunks = await this.state.taskLogs.read(taskId, seq);
+        for (const chunk of chunks) {
+          await write(res, `id: ${chunk.seq}\nevent: ${chunk.stream}\ndata: ${JSON.stringify(logEntry(chunk))}\n\n`);
+          seq = chunk.seq;
+          lastWriteMs = Date.now();
+        }
+        if (chunks.length > 0) continue;
+        if (ended) {
+          await write(res, `event: end\ndata: ${JSON.stringify({ status: task?.status ?? 'unknown' })}\n\n`);
+          break;
+        }
+        if (Date.now() - lastWriteMs > KEEPALIVE_MS) {
+          await write(res, ': keepalive\n\n');
+          lastWriteMs = Date.now();
+        }
+        await new Promise((resolve) => setTimeout(resolve, this.pollMs));
+      }
+    } finally {
+      this.open.delete(res);
+      if (!res.writableEnded) res.end();
+    }
+  }
+
+  /** End every open stream (shutdown); clients resume with Last-Event-ID elsewhere. */
+  closeAll(): void {
+    for (const res of this.open) res.end();
+    this.open.clear();
+  }
+}
+
+async function write(res: ServerResponse, text: string): Promise<void> {
+  if (res.writableEnded || res.destroyed) return;
+  if (!res.write(text)) {
+    await new Promise<void>((resolve) => {
+      const done = () => {
+        res.off('drain', done);
+        res.off('close', done);
+        resolve();
+      };
+      res.on('drain', done);
+      res.on('close', done);
+    });
+  }
+}

@@ -1,0 +1,4 @@
+/** Guest memory a task's cgroup may not take: the guest kernel, init and the agent live in
+ * it. Without it, a task at its limit would push the whole guest into OOM and the kernel
+ * could kill the agent instead of the task. */
+export const GUEST_RESERVE_MIB = 160;
