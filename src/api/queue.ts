@@ -116,15 +116,19 @@ export class TaskQueue {
       throw new PrewarmError('CONFLICT', `task ${taskId} has already ended (${task.status}); nothing to cancel`);
     }
 
-    const active = this.active.get(taskId);
+    // Ours even when not yet in `active`: claimed by this process a moment ago, about to launch
+    // (runOne then finds it cancelled and skips it).
     const runner = task.runner;
-    if (!active && runner && isAlive(runner.pid, runner.startTime)) {
+    const self = selfRecord();
+    const ours = this.active.has(taskId) || (runner?.pid === self.pid && runner.startTime === self.startTime);
+    if (!ours && runner && isAlive(runner.pid, runner.startTime)) {
       throw new PrewarmError('CONFLICT', `task ${taskId} is run by another prewarm process ` +
         `(pid ${runner.pid}); cancel it there`);
     }
     await tasks.markFinished(taskId, 'cancelled', { message: reason });
     await this.note(taskId, reason);
-    active?.controller.abort(new PrewarmError('CANCELLED', reason));
+    // Looked up after marking, so a launch that raced with this cancel is aborted too.
+    this.active.get(taskId)?.controller.abort(new PrewarmError('CANCELLED', reason));
     return (await tasks.get(taskId))!;
   }
 
@@ -183,7 +187,9 @@ export class TaskQueue {
   private async runOne(task: Task, signal: AbortSignal): Promise<void> {
     const tasks = this.opts.state.tasks;
     try {
+      if ((await tasks.get(task.id))?.status !== 'running') return; // cancelled while launching
       const spec = await this.specOf(task);
+      if (signal.aborted) return;
       await this.opts.runner.run(task, spec, signal);
     } catch (err) {
       await tasks.markError(task.id, errorMessage(err)).catch(() => false);

@@ -10,7 +10,8 @@ import { paths } from '../util/paths.js';
  * Runs one claimed task (status 'running') to its end. It records the outcome in the state
  * store (finished or error, logs, diff) and resolves only once every resource the task held
  * (its VM) is released. When `signal` aborts, the task has already been marked cancelled and
- * the runner must stop it as fast as it can. The queue swaps in a fake in unit tests.
+ * the runner must stop it as fast as it can (the signal may already be aborted when run() is
+ * called). The queue swaps in a fake in unit tests.
  */
 export interface TaskRunner {
   run(task: Task, spec: EnvSpec, signal: AbortSignal): Promise<void>;
@@ -33,7 +34,10 @@ export function vmTaskRunner(state: StateStore): TaskRunner {
       const log = logger({ part: 'api', taskId: task.id });
       let vmId: string | undefined;
       const stop = () => {
-        if (vmId) void killVmById(vmId).catch((err) => log.warn({ vmId, err: errorMessage(err) }, 'cancel: kill failed'));
+        if (!vmId) return;
+        void killVmById(vmId).catch((err) => {
+          log.warn({ vmId, err: errorMessage(err) }, 'cancel: kill failed');
+        });
       };
       signal.addEventListener('abort', stop, { once: true });
       try {

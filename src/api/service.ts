@@ -81,7 +81,10 @@ export async function startService(opts: ServiceOptions = {}): Promise<Service> 
       closing ??= drain(api, queue, state, graceMs);
       return closing;
     };
-    return { url: address, tokenPath: tokenPath(), token, tokenCreated: created, recovered, api, queue, state, shutdown };
+    return {
+      url: address, tokenPath: tokenPath(), token, tokenCreated: created, recovered,
+      api, queue, state, shutdown,
+    };
   } catch (err) {
     state.close();
     throw err;

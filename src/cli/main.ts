@@ -8,6 +8,8 @@ import { registerVm } from './commands/vm.js';
 import { registerEnv, registerSnapshot } from './commands/env.js';
 import { registerTask } from './commands/task.js';
 import { registerDemo } from './commands/demo.js';
+import { registerBench } from './commands/bench.js';
+import { registerServe } from './commands/serve.js';
 
 const program = new Command();
 program
@@ -27,6 +29,8 @@ registerEnv(program);
 registerSnapshot(program);
 registerTask(program);
 registerDemo(program);
+registerBench(program);
+registerServe(program);
 
 try {
   await program.parseAsync(process.argv);
@@ -34,3 +38,6 @@ try {
   printError(err, globals(program).json);
   process.exitCode = 1;
 }
+// A command is done when its action returns. Detached VMs (`vm boot`, `vm restore`) keep
+// running; nothing else of this process should, so leftover handles must not hold it open.
+process.exit(process.exitCode ?? 0);

@@ -42,7 +42,8 @@ export function qemuAlive(record: VmRecord, dir: string): boolean {
 export async function killVm(record: VmRecord, dir: string): Promise<void> {
   if (qemuAlive(record, dir)) {
     process.kill(record.qemuPid, 'SIGKILL');
-    for (let i = 0; i < 100 && isAlive(record.qemuPid, record.qemuStartTime); i++) {
+    // A large guest takes a moment to unmap; wait for the process to be gone for real.
+    for (let i = 0; i < 500 && isAlive(record.qemuPid, record.qemuStartTime); i++) {
       await new Promise((r) => setTimeout(r, 20));
     }
   }

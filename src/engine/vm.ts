@@ -243,6 +243,15 @@ export class Vm implements AsyncDisposable {
     return this.qemuPid ? residentMemory(this.qemuPid) : null;
   }
 
+  /** Let go of a detached VM without stopping it: close QMP and stop watching QEMU, so
+   * the process that booted it (`prewarm vm boot`) can exit while the VM runs on. */
+  async release(): Promise<void> {
+    if (!this.config.detached) throw new VmError(this.id, 'is owned by this process; destroy it instead');
+    await this.qmpClient?.close();
+    this.child?.unref();
+    (this.child as unknown as { stdout?: { destroy?: () => void } } | undefined)?.stdout?.destroy?.();
+  }
+
   async destroy(): Promise<void> {
     this.state = 'destroyed';
     const errors = await this.cleanup.unwind();

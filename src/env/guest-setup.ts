@@ -47,16 +47,50 @@ export async function cloneIntoGuest(guest: Guest, env: ResolvedEnv, bundleFile:
  * heap, which saw the request that carried them, and the virtio-serial receive buffers,
  * which are reused but never cleared. Restarting the agent frees its heap; pushing a few
  * MiB of random bytes through the port overwrites every receive buffer.
+ *
+ * The guest's init restarts the agent when it exits. The old agent is killed from a detached
+ * shell a moment after we hang up (it cannot answer its own kill), and on a slow guest that
+ * moment can come after we reconnect: so the agent we talk to afterwards is checked to be a
+ * new process before anything goes through it.
  */
 export async function scrubSecrets(guest: Guest, agentSocket: string, serialLogPath: string): Promise<Guest> {
+  const oldPid = await agentPid(guest.agent);
   await guest.agent.exec({
-    path: '/bin/sh', args: ['-c', 'setsid sh -c "sleep 0.3; pkill -x qemu-ga" >/dev/null 2>&1 &'],
+    path: '/bin/sh', args: ['-c', `setsid sh -c "sleep 0.3; kill ${oldPid}" >/dev/null 2>&1 &`],
     timeoutMs: 10_000,
   });
   await guest.agent.close();
-  await new Promise((r) => setTimeout(r, 600));
-  const agent = await AgentClient.connect(agentSocket, { vmId: guest.vmId, timeoutMs: 30_000, serialLogPath });
-  // The port has 128 receive buffers of one page: 1 MiB cycles through all of them.
-  await agent.writeFile("/dev/null", randomBytes(1 << 20));
-  return new Guest(agent);
+  const deadline = Date.now() + AGENT_RESTART_TIMEOUT_MS;
+  for (;;) {
+    await new Promise((r) => setTimeout(r, 500));
+    const agent = await AgentClient.connect(agentSocket, {
+      vmId: guest.vmId, timeoutMs: Math.max(5_000, deadline - Date.now()), serialLogPath,
+    });
+    // The old agent may die in the middle of this request: then ask the new one.
+    const pid = await agentPid(agent).catch(() => null);
+    if (pid !== null && pid !== oldPid) {
+      // The port has 128 receive buffers of one page: 1 MiB cycles through all of them.
+      await agent.writeFile('/dev/null', randomBytes(1 << 20));
+      return new Guest(agent);
+    }
+    await agent.close();
+    if (Date.now() > deadline) {
+      throw new PrepareError(`VM ${guest.vmId}: the guest agent (pid ${oldPid}) was not replaced by a ` +
+        `new one within ${AGENT_RESTART_TIMEOUT_MS / 1000} s while scrubbing secrets; no snapshot ` +
+        `was stored. See the guest's serial log ${serialLogPath}`, { code: 'SCRUB_FAILED' });
+    }
+  }
+}
+
+const AGENT_RESTART_TIMEOUT_MS = 90_000;
+
+/** The pid of the agent that answers: the parent of a command it runs. */
+async function agentPid(agent: AgentClient): Promise<number> {
+  const result = await agent.exec({ path: '/bin/sh', args: ['-c', 'echo $PPID'], timeoutMs: 20_000 });
+  const pid = Number(result.stdout.toString().trim());
+  if (result.exitCode !== 0 || !Number.isInteger(pid) || pid <= 1) {
+    throw new PrepareError(`VM ${agent.vmId}: cannot tell the guest agent's pid ` +
+      `(exit ${result.exitCode}, output "${result.stdout.toString().trim()}")`, { code: 'SCRUB_FAILED' });
+  }
+  return pid;
 }

@@ -1,17 +1,16 @@
 import { mkdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { vmConfig } from '../engine/config.js';
 import { Vm } from '../engine/vm.js';
 import { snapshotVm } from '../engine/snapshot.js';
 import { waitForGuest } from '../guest/ready.js';
 import type { Guest } from '../guest/guest.js';
 import { SnapshotStore } from '../snapshot/store.js';
+import { tmpName } from '../snapshot/atomic-fs.js';
 import { runLimited } from '../task/limits.js';
 import { GUEST_RESERVE_MIB } from '../task/reserve.js';
 import { PrepareError } from '../util/errors.js';
 import { logger } from '../util/log.js';
-import { paths } from '../util/paths.js';
 import { createProgress } from '../util/progress.js';
 import { resolveEnv, type ResolvedEnv } from './inputs.js';
 import { cloneIntoGuest, guestRepoDir, scrubSecrets } from './guest-setup.js';
@@ -72,7 +71,10 @@ export async function prepareEnv(spec: EnvSpec, opts: PrepareOptions = {}): Prom
   }
 
   const progress = createProgress(`prepare ${spec.name}`, 6, opts.quiet);
-  const work = join(paths.tmp(), `prepare-${spec.name}-${process.pid}-${randomBytes(3).toString('hex')}`);
+  // Work happens in a temporary entry of the store's cache (tmpName carries our pid): a
+  // prepare killed at any point leaves only that, which the next SnapshotStore.open() reaps;
+  // and the finished engine directory becomes the local copy by a rename in one directory.
+  const work = join(store.cacheDir, tmpName(`prepare-${spec.name}`));
   await mkdir(work, { recursive: true });
   let vm: Vm | undefined;
   try {

@@ -191,7 +191,9 @@ export class PrewarmClient {
     return (await this.request('GET', '/metrics')).text();
   }
 
-  private async waitFor<T>(get: () => Promise<T>, done: (value: T) => boolean, what: string, opts: WaitOptions): Promise<T> {
+  private async waitFor<T>(
+    get: () => Promise<T>, done: (value: T) => boolean, what: string, opts: WaitOptions,
+  ): Promise<T> {
     const timeoutMs = opts.timeoutMs ?? 30 * 60_000;
     const deadline = Date.now() + timeoutMs;
     for (;;) {
@@ -207,7 +209,9 @@ export class PrewarmClient {
     return (await res.json()) as T;
   }
 
-  private async request(method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<Response> {
+  private async request(
+    method: string, path: string, body?: unknown, headers: Record<string, string> = {},
+  ): Promise<Response> {
     const res = await this.fetch(`${this.baseUrl}${path}`, {
       method,
       headers: {

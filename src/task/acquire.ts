@@ -21,12 +21,15 @@ export interface ReadyVm {
 /** Where task VMs come from: a restore by default, a warm pool when one is set. */
 export type VmSource = (spec: EnvSpec, snapshotId: string) => Promise<ReadyVm>;
 
-export async function restoreReady(spec: EnvSpec, snapshotId: string, store?: SnapshotStore): Promise<ReadyVm> {
+/** `vmId`: restore into this id (the memory budget admitted it and made its directory). */
+export async function restoreReady(
+  spec: EnvSpec, snapshotId: string, store?: SnapshotStore, opts: { vmId?: string } = {},
+): Promise<ReadyVm> {
   const startedAt = performance.now();
   const snapshots = store ?? (await SnapshotStore.open());
   const dir = await snapshots.materialize(snapshotId);
   const manifest = await verifyEngineSnapshotDir(dir);
-  const vm = await restoreVm(dir, manifest, { network: spec.network.tasks, detached: false });
+  const vm = await restoreVm(dir, manifest, { network: spec.network.tasks, detached: false, vmId: opts.vmId });
   try {
     const guest = await waitForGuest(vm, RESTORE_AGENT_TIMEOUT_MS);
     await freshenRestoredGuest(guest);

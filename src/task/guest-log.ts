@@ -1,6 +1,5 @@
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { AgentClient } from '../guest/agent.js';
-import { AgentCommandError } from '../guest/agent.js';
+import { AgentCommandError, type AgentClient } from '../guest/agent.js';
 
 /**
  * Live output of a guest command. The agent returns a command's output only when it exits,

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 // The service keeps its token, specs and state under PREWARM_HOME: a fresh one for this file,
 // set before anything of prewarm is imported.
 const home = mkdtempSync(join(tmpdir(), 'prewarm-api-http-'));
+const previousHome = process.env.PREWARM_HOME;
 process.env.PREWARM_HOME = home;
 
 const { openState } = await import('../../src/state/db.js');
@@ -61,6 +62,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await api.app.close();
   state.close();
+  process.env.PREWARM_HOME = previousHome;
   rmSync(home, { recursive: true, force: true });
 });
 

@@ -5,6 +5,7 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 
 // A fresh PREWARM_HOME (state, token, specs) for this file, set before prewarm is imported.
 const home = mkdtempSync(join(tmpdir(), 'prewarm-api-queue-'));
+const previousHome = process.env.PREWARM_HOME;
 process.env.PREWARM_HOME = home;
 
 const { openState } = await import('../../src/state/db.js');
@@ -29,6 +30,7 @@ function fakeRunner(state: () => State, holdMs: number) {
       try {
         await state().taskLogs.append(task.id, 'output', `running ${task.id} on ${spec.name}\n`);
         await new Promise<void>((resolve) => {
+          if (signal.aborted) return resolve();
           const timer = setTimeout(resolve, holdMs);
           signal.addEventListener('abort', () => {
             clearTimeout(timer);
@@ -67,6 +69,7 @@ afterEach(async () => {
 });
 
 afterAll(() => {
+  process.env.PREWARM_HOME = previousHome;
   rmSync(home, { recursive: true, force: true });
 });
 

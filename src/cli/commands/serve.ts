@@ -7,7 +7,9 @@ import { globals } from '../globals.js';
 function whole(flag: string, min: number) {
   return (value: string): number => {
     const n = Number(value);
-    if (!Number.isInteger(n) || n < min) throw new InputError(`${flag} must be a whole number >= ${min}, got "${value}"`);
+    if (!Number.isInteger(n) || n < min) {
+      throw new InputError(`${flag} must be a whole number >= ${min}, got "${value}"`);
+    }
     return n;
   };
 }
@@ -22,7 +24,8 @@ export function registerServe(program: Command): void {
       .default(DEFAULTS.port).env('PREWARM_API_PORT').argParser(whole('--port', 0)))
     .addOption(new Option('--concurrency <n>', 'tasks run at once')
       .default(DEFAULTS.concurrency).env('PREWARM_API_CONCURRENCY').argParser(whole('--concurrency', 1)))
-    .addOption(new Option('--grace-seconds <n>', 'on SIGTERM/SIGINT, how long running tasks may finish before they are cancelled')
+    .addOption(new Option('--grace-seconds <n>',
+      'on SIGTERM/SIGINT, how long running tasks may finish before they are cancelled')
       .default(DEFAULTS.graceSeconds).argParser(whole('--grace-seconds', 0)))
     .action(async (opts: { host: string; port: number; concurrency: number; graceSeconds: number }) => {
       // A service logs its requests and tasks: info unless the operator chose a level.

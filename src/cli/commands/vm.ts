@@ -48,6 +48,7 @@ export function registerVm(program: Command): void {
       const booted = await Vm.boot(config);
       const guest = await waitForGuest(booted, BOOT_TIMEOUT_MS);
       await guest.agent.close();
+      await booted.release();
       const ms = Math.round(performance.now() - startedAt);
       report(g.json, { vmId: booted.id, accel: booted.accel, bootMs: ms }, () =>
         `${booted.id} booted in ${ms} ms (${booted.accel})`);
@@ -105,6 +106,7 @@ export function registerVm(program: Command): void {
       const guest = await waitForGuest(restored, RESTORE_TIMEOUT_MS);
       await freshenRestoredGuest(guest);
       await guest.agent.close();
+      await restored.release();
       const ms = Math.round(performance.now() - startedAt);
       report(g.json, { vmId: restored.id, restoreMs: ms }, () => `${restored.id} restored in ${ms} ms`);
     });

@@ -1,0 +1,171 @@
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { materializeExample } from '../env/example.js';
+import { loadSpec, resolveTier } from '../env/spec.js';
+import { prepareEnv } from '../env/prepare.js';
+import { vmConfig } from '../engine/config.js';
+import { Vm } from '../engine/vm.js';
+import { chooseAccelerator } from '../engine/accel.js';
+import { waitForGuest } from '../guest/ready.js';
+import { buildImage } from '../image/build.js';
+import { SnapshotStore } from '../snapshot/store.js';
+import { restoreReady, type ReadyVm } from '../task/acquire.js';
+import { describeMachine, hostAvailableBytes, pssBytes, type Machine } from './machine.js';
+import { measureLoadvm } from './loadvm.js';
+import { series, timeMs, type Series } from './stats.js';
+import { latencySvg } from './svg.js';
+
+export interface BenchOptions {
+  quick?: boolean;
+  /** Restore (and pool) rounds; at least 20 unless quick. */
+  rounds?: number;
+  jsonPath?: string;
+  say?: (line: string) => void;
+}
+
+export interface BenchReport {
+  startedAt: string;
+  machine: Machine;
+  accel: string;
+  env: string;
+  rounds: number;
+  series: Record<string, Series>;
+  prepare: { timingsMs: Record<string, number>; coldStartMs: number };
+  snapshot: { createMs: number; rawBytes: number; compressedBytes: number; ratio: number;
+    restoreFromStoreMs: number; restoreFromCacheMs: number };
+  memory: { tierBytes: number; idleCloneRssBytes: number; idleClonePssBytes: number; guestUsedBytes: number;
+    oneCloneHostBytes: number; tenClonesHostBytes: number; clones: number; returnAfterDestroyMs: number[] };
+  density: { budgetBytes: number; perCloneBytes: number; clonesInBudget: number };
+  ratios: Record<string, number>;
+}
+
+async function firstCommand(ready: ReadyVm): Promise<void> {
+  const result = await ready.guest.agent.exec({ path: '/bin/true', timeoutMs: 30_000 });
+  if (result.exitCode !== 0) throw new Error(`first command failed in ${ready.vm.id}`);
+}
+
+async function destroy(ready: ReadyVm): Promise<void> {
+  await ready.guest.agent.close();
+  await ready.vm.destroy();
+}
+
+/**
+ * One run, one environment (the bundled example), every figure prewarm claims: cold start,
+ * restore, QEMU's loadvm, snapshot sizes, idle memory, memory return, density. Each VM it
+ * makes is destroyed before it returns.
+ */
+export async function runBench(opts: BenchOptions = {}): Promise<BenchReport> {
+  const say = opts.say ?? (() => {});
+  const rounds = opts.rounds ?? (opts.quick ? 8 : 20);
+  const coldRounds = opts.quick ? 2 : 3;
+  const loadvmRounds = opts.quick ? 3 : 5;
+  const clones = opts.quick ? 5 : 10;
+  const startedAt = new Date().toISOString();
+
+  const image = await buildImage({ quiet: true });
+  const spec = await loadSpec(await materializeExample());
+  const tier = resolveTier(spec.tier);
+  const config = vmConfig(image, tier, { network: false, detached: false });
+  const accel = await chooseAccelerator(config);
+
+  say(`cold start: a forced prepare of ${spec.name} (boot, clone, npm ci, snapshot)`);
+  const prepared = await prepareEnv(spec, { force: true, quiet: true });
+  const t = prepared.timingsMs;
+  const coldStartMs = (t.boot ?? 0) + (t.clone ?? 0) + (t.runtime ?? 0) + (t.setup ?? 0);
+  const store = await SnapshotStore.open();
+  const stored = await store.get(prepared.snapshotId);
+
+  say(`cold boot to agent ready, ${coldRounds} rounds`);
+  const coldBoot: number[] = [];
+  for (let i = 0; i < coldRounds; i++) {
+    const [ms, vm] = await timeMs(async () => {
+      const booted = await Vm.boot(config);
+      const guest = await waitForGuest(booted, 180_000);
+      await guest.agent.close();
+      return booted;
+    });
+    coldBoot.push(ms);
+    await vm.destroy();
+  }
+
+  say('restore from the compressed store (local copy removed first)');
+  await rm(join(store.cacheDir, prepared.snapshotId), { recursive: true, force: true });
+  const [fromStoreMs, first] = await timeMs(() => restoreReady(spec, prepared.snapshotId, store));
+  await destroy(first);
+  const [fromCacheMs, second] = await timeMs(() => restoreReady(spec, prepared.snapshotId, store));
+  await destroy(second);
+
+  say(`restore to first command, ${rounds} rounds`);
+  const restore: number[] = [];
+  const toFirst: number[] = [];
+  const returnMs: number[] = [];
+  for (let i = 0; i < rounds; i++) {
+    const baseline = hostAvailableBytes();
+    const started = performance.now();
+    const ready = await restoreReady(spec, prepared.snapshotId, store);
+    restore.push(ready.acquireMs);
+    await firstCommand(ready);
+    toFirst.push(performance.now() - started);
+    const destroyedAt = performance.now();
+    await destroy(ready);
+    while (hostAvailableBytes() < baseline - 64 * 2 ** 20 && performance.now() - destroyedAt < 10_000) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    returnMs.push(performance.now() - destroyedAt);
+  }
+
+  say(`idle memory: 1 clone, then ${clones} clones`);
+  const before = hostAvailableBytes();
+  const one = await restoreReady(spec, prepared.snapshotId, store);
+  await new Promise((r) => setTimeout(r, 2000));
+  const oneCloneHostBytes = before - hostAvailableBytes();
+  const rss = one.vm.hostMemory()?.rssBytes ?? 0;
+  const pss = pssBytes(one.vm.qemuPid!);
+  const used = await one.guest.run("awk '/MemTotal/{t=$2}/MemAvailable/{a=$2}END{print (t-a)*1024}' /proc/meminfo", { timeoutMs: 30_000 });
+  const many: ReadyVm[] = [one];
+  for (let i = 1; i < clones; i++) many.push(await restoreReady(spec, prepared.snapshotId, store));
+  await new Promise((r) => setTimeout(r, 2000));
+  const tenClonesHostBytes = before - hostAvailableBytes();
+  for (const ready of many) await destroy(ready);
+
+  say(`QEMU savevm/loadvm baseline, ${loadvmRounds} rounds`);
+  const loadvm = await measureLoadvm(config, accel, loadvmRounds);
+
+  const perCloneBytes = Math.max(1, (tenClonesHostBytes - oneCloneHostBytes) / (clones - 1));
+  const budgetBytes = Number(process.env.PREWARM_MEMORY_BUDGET_MIB ?? 0) * 2 ** 20 ||
+    Math.max(0, (await describeMachine()).memoryBytes * 0.75 - 2 ** 30);
+  const s = {
+    coldBoot: series('cold boot to agent', coldBoot),
+    restore: series('restore to ready agent', restore),
+    restoreToFirstCommand: series('restore to first command', toFirst),
+    loadvm: series('QEMU loadvm to first command', loadvm),
+    memoryReturn: series('host memory back after destroy', returnMs),
+  };
+  const report: BenchReport = {
+    startedAt, machine: await describeMachine(), accel, env: spec.name, rounds, series: s,
+    prepare: { timingsMs: t, coldStartMs },
+    snapshot: {
+      createMs: (t.snapshot ?? 0) + (t.compress ?? 0), rawBytes: stored.rawSizeBytes,
+      compressedBytes: stored.compressedSizeBytes, ratio: stored.rawSizeBytes / stored.compressedSizeBytes,
+      restoreFromStoreMs: fromStoreMs, restoreFromCacheMs: fromCacheMs,
+    },
+    memory: {
+      tierBytes: tier.memoryMiB * 2 ** 20, idleCloneRssBytes: rss, idleClonePssBytes: pss,
+      guestUsedBytes: Number(used.stdout.trim()), oneCloneHostBytes, tenClonesHostBytes, clones,
+      returnAfterDestroyMs: returnMs,
+    },
+    density: { budgetBytes, perCloneBytes, clonesInBudget: Math.floor(budgetBytes / perCloneBytes) },
+    ratios: {
+      coldStartOverRestoreToFirstCommand: coldStartMs / s.restoreToFirstCommand.p50,
+      loadvmOverRestoreToFirstCommand: s.loadvm.p50 / s.restoreToFirstCommand.p50,
+      clonesMemoryOverOne: tenClonesHostBytes / Math.max(1, oneCloneHostBytes),
+    },
+  };
+  if (opts.jsonPath) {
+    await mkdir(dirname(opts.jsonPath), { recursive: true });
+    await writeFile(opts.jsonPath, JSON.stringify(report, null, 2));
+    await writeFile(opts.jsonPath.replace(/\.json$/, '') + '.svg',
+      latencySvg(`prewarm bench (${accel}, ${report.machine.cores} cores)`, Object.values(s)));
+  }
+  return report;
+}

@@ -1,0 +1,129 @@
+import type { Command } from 'commander';
+import { loadSpec, resolveTier, TIERS, type TierName } from '../../env/spec.js';
+import { gib } from '../../pool/budget.js';
+import { readManager } from '../../pool/manager-file.js';
+import { WarmPools, type PoolView } from '../../pool/pool.js';
+import { HEADROOM, rightSize } from '../../pool/right-size.js';
+import { poolsReport } from '../../pool/status.js';
+import { openState } from '../../state/db.js';
+import { InputError } from '../../util/errors.js';
+import { globals } from '../globals.js';
+import { mib, report, table } from '../output.js';
+
+function whole(flag: string, value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) throw new InputError(`${flag} must be a whole number >= 0, got "${value}"`);
+  return n;
+}
+
+export function registerPool(program: Command): void {
+  const pool = program.command('pool').description('warm pools: VMs kept restored, ready to take a task');
+
+  pool.command('set')
+    .description('keep N VMs of an environment restored (0 removes the pool)')
+    .argument('<env>', 'environment name')
+    .requiredOption('--size <n>', 'VMs to keep ready')
+    .action(async (envName: string, opts: { size: string }) => {
+      const g = globals(program);
+      const size = whole('--size', opts.size);
+      const state = openState();
+      try {
+        const target = size === 0 ? (await state.pools.remove(envName), { envName, targetSize: 0 })
+          : await state.pools.set(envName, size);
+        const manager = await readManager();
+        report(g.json, { ...target, managerPid: manager?.pid ?? null }, () => `${envName}: pool of ${size}; ` +
+          (manager ? `process ${manager.pid} keeps it filled`
+            : 'no process keeps pools filled now: run `prewarm pool run` (or `prewarm serve`)'));
+      } finally {
+        state.close();
+      }
+    });
+
+  pool.command('ls')
+    .description('each pool: target, ready, filling, host memory of its VMs; and the memory budget')
+    .action(async () => {
+      const g = globals(program);
+      const state = openState();
+      try {
+        const r = await poolsReport(state);
+        report(g.json, r, () => [
+          table(r.pools.map((p) => ({ ...p, env: p.envName, target: p.targetSize,
+            snapshot: p.snapshotIds.join(',') || '-', hostMemory: `${mib(p.hostPssBytes)} (rss ${mib(p.hostRssBytes)})` })),
+          ['env', 'target', 'ready', 'filling', 'snapshot', 'hostMemory']),
+          r.manager ? `kept filled by process ${r.manager.pid} since ${r.manager.startedAt}`
+            : 'no process keeps the pools filled (run `prewarm pool run` or `prewarm serve`)',
+          `memory budget: ${gib(r.budget.usedBytes)} of ${gib(r.budget.budgetBytes)} used by ${r.budget.vms} VM(s), ` +
+            `${gib(Math.max(0, r.budget.freeBytes))} free (${r.budget.source}; overcommit ${r.budget.overcommit})`,
+        ].join('\n'));
+      } finally {
+        state.close();
+      }
+    });
+
+  pool.command('run')
+    .description('keep the pools filled in the foreground until stopped (SIGINT/SIGTERM destroy its VMs)')
+    .action(async () => {
+      const g = globals(program);
+      await runPools((line) => process.stdout.write(`${line}\n`), g.json);
+    });
+}
+
+/** `prewarm pool run`: start the pools, print each change, stop on SIGINT or SIGTERM. */
+export async function runPools(print: (line: string) => void, json = false): Promise<void> {
+  const state = openState();
+  try {
+    const pools = await WarmPools.start({ state });
+    let last = '';
+    const show = () => {
+      const views = pools.list();
+      const line = json ? JSON.stringify(views) : views.map(describe).join('; ') || 'no pools set';
+      if (line !== last) print(line);
+      last = line;
+    };
+    pools.onChange(show);
+    show();
+    await new Promise<void>((resolve) => {
+      const stop = () => void pools.stop().finally(resolve);
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
+    });
+  } finally {
+    state.close();
+  }
+}
+
+function describe(p: PoolView): string {
+  return `${p.envName}: ${p.ready}/${p.targetSize} ready, ${p.filling} filling, ${mib(p.hostPssBytes)}` +
+    (p.snapshotId ? ` (${p.snapshotId})` : '') + (p.blocked ? ` - ${p.blocked}` : '');
+}
+
+/** `prewarm env usage NAME`: peaks of recent tasks and the tier that would have held them. */
+export function registerUsage(program: Command): void {
+  const env = program.commands.find((c) => c.name() === 'env') ?? program.command('env');
+  env.command('usage')
+    .description('peak memory of recent tasks, and the smallest tier that holds it with headroom')
+    .argument('<env>', 'environment name')
+    .option('--last <n>', 'tasks to look at', '50')
+    .action(async (envName: string, opts: { last: string }) => {
+      const g = globals(program);
+      const state = openState();
+      try {
+        const usage = rightSize(envName, await state.tasks.peaks(envName, Math.max(1, whole('--last', opts.last))));
+        const env = await state.environments.get(envName);
+        const tier = env ? resolveTier((await loadSpec(env.specPath).catch(() => null))?.tier ?? 'small') : null;
+        const name = (t: TierName | null) => (t ? `${t} (${TIERS[t].memoryMiB} MiB)` : 'none of the tiers');
+        report(g.json, { ...usage, currentTierMemoryMiB: tier?.memoryMiB ?? null }, () => usage.count === 0
+          ? `${envName}: no finished task recorded a peak yet`
+          : [
+            `${envName}: ${usage.count} recent task(s) with a recorded peak`,
+            `  p50 ${mib(usage.p50Bytes)}, p95 ${mib(usage.p95Bytes)}, max ${mib(usage.maxBytes)}; ` +
+              `OOM kills: ${usage.oomKills}`,
+            `  smallest tier with ${HEADROOM * 100}% headroom: ${name(usage.tierForP95)} for p95, ` +
+              `${name(usage.tierForMax)} for max` + (tier ? `; now ${tier.memoryMiB} MiB` : ''),
+            usage.oomKills > 0 ? '  OOM-killed tasks stopped at their limit: they needed more than their peak shows' : '',
+          ].filter(Boolean).join('\n'));
+      } finally {
+        state.close();
+      }
+    });
+}

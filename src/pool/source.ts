@@ -1,0 +1,50 @@
+import { rm } from 'node:fs/promises';
+import { newVmId } from '../engine/vm.js';
+import { resolveTier } from '../env/spec.js';
+import { SnapshotStore } from '../snapshot/store.js';
+import { restoreReady, type VmSource } from '../task/acquire.js';
+import { MemoryBudget, type AdmitRequest } from './budget.js';
+import { vmDirOf } from './charges.js';
+import type { WarmPools } from './pool.js';
+
+export interface BudgetedSourceOptions {
+  budget?: MemoryBudget;
+  /** Take from these pools first. */
+  pools?: WarmPools;
+  store?: SnapshotStore;
+  /** How long a task waits for memory; default from the budget's settings. */
+  waitMs?: number;
+  /** Told once when a task starts waiting for memory, with the reason. */
+  onWait?: (message: string) => void;
+}
+
+/**
+ * Where task VMs come from when the host memory budget applies: a pool VM when one of the
+ * right snapshot is ready, else a restore. Either way the task is admitted first: it
+ * reserves its tier / overcommit, pushing idle pool VMs out if it must, and waits or is
+ * refused when that does not make room.
+ */
+export function budgetedVmSource(opts: BudgetedSourceOptions = {}): VmSource {
+  const budget = opts.budget ?? new MemoryBudget();
+  return async (spec, snapshotId) => {
+    const request = (vmId: string): AdmitRequest => ({
+      vmId, bytes: budget.taskReservationBytes(resolveTier(spec.tier).memoryMiB), role: 'task',
+      envName: spec.name, snapshotId, what: `task on ${spec.name}`,
+    });
+    const admitOpts = { waitMs: opts.waitMs, onWait: (w: { message: string }) => opts.onWait?.(w.message) };
+
+    const pooled = await opts.pools?.take(spec.name, snapshotId, (r) => budget.admit(request(r.vm.id), admitOpts));
+    if (pooled) return pooled;
+
+    const store = opts.store ?? (await SnapshotStore.open());
+    await store.materialize(snapshotId);
+    const vmId = newVmId();
+    await budget.admit(request(vmId), admitOpts);
+    try {
+      return await restoreReady(spec, snapshotId, store, { vmId });
+    } catch (err) {
+      await rm(vmDirOf(vmId), { recursive: true, force: true });
+      throw err;
+    }
+  };
+}
