@@ -45,8 +45,8 @@ export async function cloneIntoGuest(guest: Guest, env: ResolvedEnv, bundleFile:
  * Scrub what the setup's secrets may have left in guest memory before the snapshot. The
  * kernel zeroes freed pages (init_on_free=1), so what remains is live memory: the agent's
  * heap, which saw the request that carried them, and the virtio-serial receive buffers,
- * which are reused but never cleared. Restarting the agent frees its heap; pushing a few
- * MiB of random bytes through the port overwrites every receive buffer.
+ * which are reused but never cleared. Restarting the agent frees its heap; pushing random
+ * bytes through the port overwrites every receive buffer (see SCRUB_PUSH_BYTES).
  *
  * The guest's init restarts the agent when it exits. The old agent is killed from a detached
  * shell a moment after we hang up (it cannot answer its own kill), and on a slow guest that
@@ -69,8 +69,9 @@ export async function scrubSecrets(guest: Guest, agentSocket: string, serialLogP
     // The old agent may die in the middle of this request: then ask the new one.
     const pid = await agentPid(agent).catch(() => null);
     if (pid !== null && pid !== oldPid) {
-      // The port has 128 receive buffers of one page: 1 MiB cycles through all of them.
-      await agent.writeFile('/dev/null', randomBytes(1 << 20));
+      for (let sent = 0; sent < SCRUB_PUSH_BYTES; sent += SCRUB_CHUNK_BYTES) {
+        await agent.writeFile('/dev/null', randomBytes(SCRUB_CHUNK_BYTES));
+      }
       return new Guest(agent);
     }
     await agent.close();
@@ -83,6 +84,18 @@ export async function scrubSecrets(guest: Guest, agentSocket: string, serialLogP
 }
 
 const AGENT_RESTART_TIMEOUT_MS = 90_000;
+
+/**
+ * How much to push through the agent's port to overwrite its receive buffers. QEMU offers a
+ * virtio-mmio queue of VIRTQUEUE_MAX_SIZE (1024) entries and the guest's virtio_console fills
+ * every entry with a one-page buffer, used in turn; each message starts at the beginning of a
+ * buffer, so a request that carried a secret stays readable until its buffer comes round
+ * again. (1 MiB, the old figure, left the setup's exec request, env and all, in the snapshot.)
+ * On the wire base64 makes 3 bytes 4: 6 MiB fills about 2048 pages, every buffer twice, so
+ * even a buffer that one pass filled only in part is filled whole once.
+ */
+const SCRUB_PUSH_BYTES = 6 * 2 ** 20;
+const SCRUB_CHUNK_BYTES = 2 ** 20;
 
 /** The pid of the agent that answers: the parent of a command it runs. */
 async function agentPid(agent: AgentClient): Promise<number> {

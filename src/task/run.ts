@@ -18,6 +18,7 @@ import { extractDiff } from './diff.js';
 import type { CommandOutcome, TaskRequest, TaskResult, TaskStatus } from './types.js';
 
 const DIFF_MAX_BYTES = 50 * 2 ** 20;
+const VM_EXIT_GRACE_MS = 2_000;
 const HOST_SAMPLE_MS = 250;
 
 export function newTaskId(): string {
@@ -88,6 +89,10 @@ export async function runTask(spec: EnvSpec, req: TaskRequest, opts: RunTaskOpti
 
   let ready: ReadyVm | undefined;
   let sampler: NodeJS.Timeout | undefined;
+  /** What the task was doing, for the message when its VM dies. */
+  let doing = 'starting';
+  const deathMessage = (vmId: string) =>
+    `VM ${vmId} stopped in the middle of the task (its QEMU process exited) while ${doing}`;
   try {
     ready = await (opts.vmSource ?? ((s, id) => restoreReady(s, id, store)))(spec, snapshotId);
     timings[ready.fromPool ? 'pool' : 'restore'] = Math.round(ready.acquireMs);
@@ -101,11 +106,12 @@ export async function runTask(spec: EnvSpec, req: TaskRequest, opts: RunTaskOpti
     }, HOST_SAMPLE_MS);
 
     const died = vm.processExited.then(() => {
-      throw new PrewarmError('VM_DIED', `VM ${vm.id} stopped in the middle of the task (its QEMU process exited)`);
+      throw new PrewarmError('VM_DIED', deathMessage(vm.id));
     });
     died.catch(() => {});
 
     if (req.commit) {
+      doing = `checking out ${req.commit}`;
       const t = performance.now();
       result.baseCommit = await Promise.race([checkout(ready.guest, spec, req.commit), died]);
       timings.checkout = Math.round(performance.now() - t);
@@ -115,6 +121,7 @@ export async function runTask(spec: EnvSpec, req: TaskRequest, opts: RunTaskOpti
     const deadline = Date.now() + timeoutMs;
     for (const [index, command] of req.commands.entries()) {
       say(`running: ${command}`);
+      doing = `running "${command}"`;
       const outcome = await Promise.race([runLimited(ready.guest, {
         taskId, index, command, cwd: guestRepoDir(spec.name), env: { ...spec.env, ...secrets },
         memoryLimitBytes, pidsMax: spec.task.pidsMax, timeoutMs: Math.max(1, deadline - Date.now()),
@@ -139,6 +146,7 @@ export async function runTask(spec: EnvSpec, req: TaskRequest, opts: RunTaskOpti
     // A refused fork fails the command; the task says so in its message.
     result.status = (last.status === 'pids_limited' ? 'failed' : last.status) as TaskStatus;
 
+    doing = 'extracting the diff';
     const diffStart = performance.now();
     const diff = await Promise.race([extractDiff(ready.guest, {
       repoDir: guestRepoDir(spec.name), baseCommit: result.baseCommit, maxBytes: DIFF_MAX_BYTES,
@@ -152,7 +160,11 @@ export async function runTask(spec: EnvSpec, req: TaskRequest, opts: RunTaskOpti
     timings.diff = Math.round(performance.now() - diffStart);
   } catch (err) {
     result.status = 'error';
-    result.message = redact(errorMessage(err), secrets);
+    // A dead VM is the reason, whichever step noticed first: usually the agent's connection
+    // closes a moment before QEMU's exit is seen.
+    const dead = ready !== undefined && !(err instanceof PrewarmError && err.code === 'VM_DIED') &&
+      await exitedWithin(ready.vm.processExited, VM_EXIT_GRACE_MS);
+    result.message = redact(dead ? `${deathMessage(ready!.vm.id)}: ${errorMessage(err)}` : errorMessage(err), secrets);
     log.warn({ err: result.message }, 'task error');
   } finally {
     clearInterval(sampler);
@@ -163,6 +175,14 @@ export async function runTask(spec: EnvSpec, req: TaskRequest, opts: RunTaskOpti
     result.finishedAt = new Date().toISOString();
   }
   return result;
+}
+
+function exitedWithin(exited: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    exited.then(() => true, () => true),
+    new Promise<boolean>((r) => { timer = setTimeout(() => r(false), ms); }),
+  ]).finally(() => clearTimeout(timer));
 }
 
 /** Check out a commit in the guest, shipping it from the host's mirror when the snapshot
