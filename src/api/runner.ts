@@ -2,6 +2,7 @@ import { join } from 'node:path';
 import type { EnvSpec } from '../env/spec.js';
 import type { StateStore, Task } from '../state/db.js';
 import type { TaskRequest } from '../task/types.js';
+import type { VmSource } from '../task/acquire.js';
 import { errorMessage } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import { paths } from '../util/paths.js';
@@ -26,7 +27,7 @@ export interface TaskRunner {
  * rebuilt, say) takes effect when the VM appears. Remove the kill once runTask accepts
  * `signal` in RunTaskOptions and stops between steps by itself.
  */
-export function vmTaskRunner(state: StateStore): TaskRunner {
+export function vmTaskRunner(state: StateStore, vmSource?: VmSource): TaskRunner {
   return {
     async run(task, spec, signal) {
       // Imported on first use: the task part loads the engine, which unit tests never need.
@@ -42,6 +43,7 @@ export function vmTaskRunner(state: StateStore): TaskRunner {
       signal.addEventListener('abort', stop, { once: true });
       try {
         await runRecorded(state, task.id, spec, task.request as unknown as TaskRequest, {
+          vmSource,
           onVm: (id) => {
             vmId = id;
             if (signal.aborted) stop();

@@ -1,3 +1,5 @@
+import { WarmPools } from '../pool/pool.js';
+import { budgetedVmSource } from '../pool/source.js';
 import { openState, type StateStore, type Task } from '../state/db.js';
 import { errorMessage } from '../util/errors.js';
 import { logger } from '../util/log.js';
@@ -52,6 +54,8 @@ export interface Service {
 export async function startService(opts: ServiceOptions = {}): Promise<Service> {
   const log = logger({ part: 'service' });
   const state = openState(opts.statePath);
+  // The real runner gets warm pools and the host memory budget; test runners get neither.
+  const pools = opts.runner ? null : await startPools(state);
   let draining = false;
   let closing: Promise<void> | undefined;
   try {
@@ -60,7 +64,7 @@ export async function startService(opts: ServiceOptions = {}): Promise<Service> 
     await metrics.seed();
     const queue = new TaskQueue({
       state,
-      runner: opts.runner ?? vmTaskRunner(state),
+      runner: opts.runner ?? vmTaskRunner(state, pools?.vmSource() ?? budgetedVmSource()),
       concurrency: opts.concurrency ?? DEFAULTS.concurrency,
       admit: opts.admit,
       pollMs: opts.queuePollMs,
@@ -78,7 +82,7 @@ export async function startService(opts: ServiceOptions = {}): Promise<Service> 
 
     const shutdown = (graceMs = DEFAULTS.graceSeconds * 1000): Promise<void> => {
       draining = true;
-      closing ??= drain(api, queue, state, graceMs);
+      closing ??= drain(api, queue, state, graceMs, pools);
       return closing;
     };
     return {
@@ -86,8 +90,19 @@ export async function startService(opts: ServiceOptions = {}): Promise<Service> 
       api, queue, state, shutdown,
     };
   } catch (err) {
+    await pools?.stop();
     state.close();
     throw err;
+  }
+}
+
+/** Keep the warm pools, unless another process (`prewarm pool run`) already does. */
+async function startPools(state: StateStore): Promise<WarmPools | null> {
+  try {
+    return await WarmPools.start({ state });
+  } catch (err) {
+    logger({ part: 'service' }).warn({ err: errorMessage(err) }, 'warm pools not kept by this service');
+    return null;
   }
 }
 
@@ -97,7 +112,7 @@ export async function startService(opts: ServiceOptions = {}): Promise<Service> 
  * streams, destroy any VM this process still owns, close the state. Queued tasks stay queued
  * for the next start.
  */
-async function drain(api: Api, queue: TaskQueue, state: StateStore, graceMs: number): Promise<void> {
+async function drain(api: Api, queue: TaskQueue, state: StateStore, graceMs: number, pools: WarmPools | null): Promise<void> {
   const log = logger({ part: 'service' });
   const deadline = Date.now() + graceMs;
   log.info({ graceMs, running: queue.running }, 'shutting down');
@@ -111,6 +126,7 @@ async function drain(api: Api, queue: TaskQueue, state: StateStore, graceMs: num
   api.streams.closeAll();
   await closed;
 
+  await pools?.stop();
   const swept = await destroyOwnVms();
   state.close();
   log.info({ finished, cancelled, preparesDone, vmsDestroyed: swept }, 'stopped');

@@ -10,6 +10,7 @@ import { registerTask } from './commands/task.js';
 import { registerDemo } from './commands/demo.js';
 import { registerBench } from './commands/bench.js';
 import { registerServe } from './commands/serve.js';
+import { registerPool, registerUsage } from './commands/pool.js';
 
 const program = new Command();
 program
@@ -26,11 +27,13 @@ program
 registerImage(program);
 registerVm(program);
 registerEnv(program);
+registerUsage(program);
 registerSnapshot(program);
 registerTask(program);
 registerDemo(program);
 registerBench(program);
 registerServe(program);
+registerPool(program);
 
 try {
   await program.parseAsync(process.argv);

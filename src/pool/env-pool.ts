@@ -70,12 +70,16 @@ export class EnvPool {
   refresh(spec: EnvSpec, opts: { full?: boolean } = {}): Promise<void> {
     this.spec = spec;
     if (opts.full) this.checkedAtMs = 0;
-    this.refreshing = this.refreshing.then(() => this.check(spec)).catch((err) => {
-      this.switchTo(null);
-      this.blocked = `cannot check the snapshot: ${errorMessage(err)}`;
-      this.log.warn({ err: errorMessage(err) }, 'freshness check failed; pool drained');
-    });
+    this.refreshing = this.refreshing.then(() => this.check(spec))
+      .catch((err) => this.unavailable(`cannot check the snapshot: ${errorMessage(err)}`));
     return this.refreshing;
+  }
+
+  /** Freshness cannot be known (the spec or repository is gone, say): hold no VMs. */
+  unavailable(reason: string): void {
+    if (this.blocked !== reason) this.log.warn({ reason }, 'pool drained');
+    this.switchTo(null);
+    this.blocked = reason;
   }
 
   private async check(spec: EnvSpec): Promise<void> {

@@ -1,6 +1,5 @@
 import { reapVms } from '../engine/reaper.js';
 import { loadSpec, type EnvSpec } from '../env/spec.js';
-import { freshenRestoredGuest } from '../guest/ready.js';
 import { SnapshotStore } from '../snapshot/store.js';
 import type { StateStore } from '../state/db.js';
 import { restoreReady, type ReadyVm, type VmSource } from '../task/acquire.js';
@@ -8,6 +7,7 @@ import { NotFoundError, PrewarmError, errorMessage } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import { MemoryBudget } from './budget.js';
 import { EnvPool, type PoolView } from './env-pool.js';
+import { freshenForHandOut } from './handout.js';
 import { claimManager } from './manager-file.js';
 import { budgetedVmSource, type BudgetedSourceOptions } from './source.js';
 
@@ -112,7 +112,7 @@ export class WarmPools {
       try {
         await pool.refresh(await this.specOf(envName));
       } catch (err) {
-        pool.blocked = errorMessage(err);
+        pool.unavailable(errorMessage(err));
       }
       pool.maintain();
     }
@@ -128,8 +128,8 @@ export class WarmPools {
   /**
    * Hand out a pool VM of `snapshotId`, or null when there is none (the caller restores).
    * The VM leaves the pool before anything else happens, so it is never handed out twice.
-   * `beforeHandOut` (the task's admission) runs first; then the guest's clock is synced and
-   * its entropy reseeded, since the VM may have sat idle for minutes.
+   * `beforeHandOut` (the task's admission) runs first; then the guest's entropy is reseeded
+   * and its clock checked (and set when off), since the VM may have sat idle for minutes.
    */
   async take(envName: string, snapshotId: string, beforeHandOut?: (vm: ReadyVm) => Promise<void>): Promise<ReadyVm | null> {
     const startedAt = performance.now();
@@ -156,14 +156,15 @@ export class WarmPools {
         await pool.destroy(r);
         throw err;
       }
+      let fresh: Awaited<ReturnType<typeof freshenForHandOut>>;
       try {
-        await freshenRestoredGuest(r.guest);
+        fresh = await freshenForHandOut(r.guest);
       } catch (err) {
         this.log.warn({ vmId, err: errorMessage(err) }, 'pool VM did not answer at hand-out; destroyed');
         await pool.destroy(r);
         continue;
       }
-      this.log.info({ vmId, envId: envName }, 'pool VM handed out');
+      this.log.info({ vmId, envId: envName, ...fresh }, 'pool VM handed out');
       return { ...r, fromPool: true, acquireMs: performance.now() - startedAt };
     }
     return null;

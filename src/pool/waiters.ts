@@ -10,6 +10,11 @@ import { isAlive, selfRecord } from '../engine/proc.js';
  * is not starved by the pools it should push out. Files of dead processes are ignored and
  * removed.
  */
+interface WaitingEntry {
+  bytes: number;
+  owner: { pid: number; startTime: string };
+}
+
 export class Waiters {
   constructor(readonly dir: string) {}
 
@@ -28,7 +33,7 @@ export class Waiters {
       if (!name.startsWith('waiting-')) continue;
       const file = join(this.dir, name);
       try {
-        const entry = JSON.parse(await readFile(file, 'utf8')) as { bytes: number; owner: { pid: number; startTime: string } };
+        const entry = JSON.parse(await readFile(file, 'utf8')) as WaitingEntry;
         if (isAlive(entry.owner.pid, entry.owner.startTime)) total += entry.bytes;
         else await rm(file, { force: true });
       } catch {

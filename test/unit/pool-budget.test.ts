@@ -64,7 +64,8 @@ describe('budget settings', () => {
   });
 
   it('reads the environment and names a bad variable', () => {
-    const s = budgetSettings({ PREWARM_MEMORY_BUDGET_MIB: '6144', PREWARM_OVERCOMMIT: '2', PREWARM_ADMIT_WAIT_SECONDS: '0' }, 24 * GiB);
+    const env = { PREWARM_MEMORY_BUDGET_MIB: '6144', PREWARM_OVERCOMMIT: '2', PREWARM_ADMIT_WAIT_SECONDS: '0' };
+    const s = budgetSettings(env, 24 * GiB);
     expect(s).toMatchObject({ budgetBytes: 6 * GiB, overcommit: 2, waitMs: 0, source: 'PREWARM_MEMORY_BUDGET_MIB' });
     expect(() => budgetSettings({ PREWARM_OVERCOMMIT: '0.5' })).toThrow(InputError);
     expect(() => budgetSettings({ PREWARM_MEMORY_BUDGET_MIB: 'lots' })).toThrow(/PREWARM_MEMORY_BUDGET_MIB/);

@@ -26,7 +26,15 @@ describe('free page reporting (real QEMU)', () => {
     const vm = track(await Vm.boot(await testConfig({ memoryMiB: 2048 })));
     guest = await waitForGuest(vm, 120_000);
     const rss = () => vm.hostMemory()?.rssBytes ?? 0;
-    const baseline = rss();
+    // The guest's boot touches all of its RAM; reporting hands it back in batches every 2 s.
+    // Wait until nothing moves for 5 s.
+    let baseline = rss();
+    for (let stableMs = 0, startedAt = performance.now(); stableMs < 5000 && performance.now() - startedAt < 120_000;) {
+      await new Promise((r) => setTimeout(r, 1000));
+      const now = rss();
+      stableMs = Math.abs(now - baseline) < 16 * MiB ? stableMs + 1000 : 0;
+      baseline = now;
+    }
 
     let peak = 0;
     const sampler = setInterval(() => { peak = Math.max(peak, rss()); }, 100);
@@ -40,17 +48,22 @@ describe('free page reporting (real QEMU)', () => {
     expect(alloc.exitCode, alloc.stderr).toBe(0);
     expect(peak - baseline).toBeGreaterThan(900 * MiB);
 
-    let dropMs = -1;
-    while (performance.now() - freedAt < 30_000) {
-      if (rss() < peak - 800 * MiB) {
-        dropMs = performance.now() - freedAt;
-        break;
-      }
+    // The guest reports freed memory in 2 s passes of a bounded size: the first drop comes
+    // within seconds, the whole GiB over several passes.
+    let firstDropMs = -1;
+    let mostBackMs = -1;
+    while (performance.now() - freedAt < 30_000 && mostBackMs < 0) {
+      const now = rss();
+      const sinceMs = Math.round(performance.now() - freedAt);
+      if (firstDropMs < 0 && now < peak - 100 * MiB) firstDropMs = sinceMs;
+      if (now < peak - 800 * MiB) mostBackMs = sinceMs;
       await new Promise((r) => setTimeout(r, 100));
     }
     console.log(`free page reporting: baseline ${Math.round(baseline / MiB)} MiB, peak ${Math.round(peak / MiB)} MiB, ` +
-      `after ${Math.round(rss() / MiB)} MiB, dropped ${Math.round(dropMs)} ms after the guest freed it`);
-    expect(dropMs).toBeGreaterThanOrEqual(0);
-    expect(dropMs).toBeLessThan(10_000);
+      `now ${Math.round(rss() / MiB)} MiB; first 100 MiB back after ${firstDropMs} ms, 800 MiB after ${mostBackMs} ms`);
+    expect(firstDropMs).toBeGreaterThanOrEqual(0);
+    expect(firstDropMs).toBeLessThan(5_000);
+    expect(mostBackMs).toBeGreaterThanOrEqual(0);
+    expect(mostBackMs).toBeLessThan(20_000);
   }, 300_000);
 });

@@ -11,8 +11,9 @@ import { vmCharges } from '../../src/pool/charges.js';
 import { WarmPools } from '../../src/pool/pool.js';
 import { budgetedVmSource } from '../../src/pool/source.js';
 import { poolsReport } from '../../src/pool/status.js';
+import { SnapshotStore } from '../../src/snapshot/store.js';
 import { openState, type StateStore } from '../../src/state/db.js';
-import { runTask } from '../../src/task/run.js';
+import { runTask, type RunTaskOptions } from '../../src/task/run.js';
 import type { TaskResult } from '../../src/task/types.js';
 import { prewarmHome } from '../../src/util/paths.js';
 
@@ -53,7 +54,7 @@ async function makeEnv(): Promise<EnvSpec> {
 }
 
 /** The task's output: the snapshot's marker, then the guest's clock in seconds. */
-async function markerTask(source: Parameters<typeof runTask>[2]): Promise<{ result: TaskResult; marker: string; clockS: number }> {
+async function markerTask(source: RunTaskOptions): Promise<{ result: TaskResult; marker: string; clockS: number }> {
   let out = '';
   const result = await runTask(spec, { envName: ENV, commands: ['cat /root/pool-marker; date +%s'] },
     { ...source, onOutput: (chunk) => { out += chunk.toString(); } });
@@ -80,7 +81,7 @@ describe('warm pools and the memory budget (real VMs)', () => {
 
   afterAll(async () => {
     await pools?.stop();
-    await state?.pools.remove(ENV);
+    await state?.environments.remove(ENV);
     state?.close();
   });
 
@@ -135,9 +136,11 @@ describe('warm pools and the memory budget (real VMs)', () => {
     expect(fromPool.marker).toBe(after.marker);
     const alive = (await listVms()).filter((v) => v.alive).map((v) => v.vmId);
     for (const id of oldPoolIds) expect(alive).not.toContain(id);
-    firstSnapshotId = second.snapshotId;
     await pools!.stop();
     pools = undefined;
+    // Every run makes a snapshot: keep only the newest of this environment.
+    const store = await SnapshotStore.open();
+    for (const old of (await store.list({ envName: ENV })).slice(1)) await store.remove(old.id);
   }, SLOW_MS * 3);
 
   it('with a budget too small for a second task, the second is refused or waits, naming the missing memory', async () => {
@@ -153,7 +156,8 @@ describe('warm pools and the memory budget (real VMs)', () => {
     const refused = await runTask(spec, { envName: ENV, commands: ['true'] },
       { vmSource: budgetedVmSource({ budget, waitMs: 0 }) });
     expect(refused.status).toBe('error');
-    expect(refused.message).toMatch(/^task on pool-tiny needs 0.8 GiB but only 0.\d GiB of the 1.1 GiB budget is free \(0.\d GiB missing\); wait for running tasks/);
+    expect(refused.message).toMatch(new RegExp('^task on pool-tiny needs 0.8 GiB but only 0.\\d GiB of the 1.1 GiB ' +
+      'budget is free \\(0.\\d GiB missing\\); wait for running tasks'));
 
     const waits: string[] = [];
     const waited = await runTask(spec, { envName: ENV, commands: ['true'] },

@@ -31,9 +31,11 @@ export function registerPool(program: Command): void {
         const target = size === 0 ? (await state.pools.remove(envName), { envName, targetSize: 0 })
           : await state.pools.set(envName, size);
         const manager = await readManager();
-        report(g.json, { ...target, managerPid: manager?.pid ?? null }, () => `${envName}: pool of ${size}; ` +
-          (manager ? `process ${manager.pid} keeps it filled`
-            : 'no process keeps pools filled now: run `prewarm pool run` (or `prewarm serve`)'));
+        const keeper = size === 0 ? (manager ? `process ${manager.pid} destroys its VMs` : 'it holds no VMs')
+          : manager ? `process ${manager.pid} keeps it filled`
+            : 'no process keeps pools filled now: run `prewarm pool run` (or `prewarm serve`)';
+        report(g.json, { ...target, managerPid: manager?.pid ?? null }, () =>
+          `${envName}: ${size === 0 ? 'pool removed' : `pool of ${size}`}; ${keeper}`);
       } finally {
         state.close();
       }
@@ -76,16 +78,24 @@ export async function runPools(print: (line: string) => void, json = false): Pro
     let last = '';
     const show = () => {
       const views = pools.list();
-      const line = json ? JSON.stringify(views) : views.map(describe).join('; ') || 'no pools set';
-      if (line !== last) print(line);
-      last = line;
+      // A line when counts, snapshot or reason change; not for every move of host memory.
+      const key = JSON.stringify(views.map((v) => [v.envName, v.targetSize, v.ready, v.filling, v.snapshotId, v.blocked]));
+      if (key === last) return;
+      last = key;
+      print(json ? JSON.stringify(views) : views.map(describe).join('; ') || 'no pools set');
     };
     pools.onChange(show);
     show();
     await new Promise<void>((resolve) => {
-      const stop = () => void pools.stop().finally(resolve);
-      process.once('SIGINT', stop);
-      process.once('SIGTERM', stop);
+      // process.on, not once: execa's exit hook re-raises a signal that it finds no other
+      // listener for, and a once-listener is removed before that hook looks.
+      const stop = () => void pools.stop().finally(() => {
+        process.off('SIGINT', stop);
+        process.off('SIGTERM', stop);
+        resolve();
+      });
+      process.on('SIGINT', stop);
+      process.on('SIGTERM', stop);
     });
   } finally {
     state.close();

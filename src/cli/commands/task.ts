@@ -3,6 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { specFor } from '../../env/lookup.js';
 import { openState } from '../../state/db.js';
 import { submitAndRun } from '../../task/record.js';
+import { budgetedVmSource } from '../../pool/source.js';
 import type { TaskResult } from '../../task/types.js';
 import { InputError, NotFoundError } from '../../util/errors.js';
 import { mib, report, table } from '../output.js';
@@ -63,6 +64,7 @@ export function registerTask(program: Command): void {
         }, {
           onOutput: live ? (chunk) => process.stdout.write(chunk) : undefined,
           onEvent: live ? (m) => process.stderr.write(`prewarm: ${m}\n`) : undefined,
+          vmSource: budgetedVmSource({ onWait: (m) => process.stderr.write(`prewarm: ${m}\n`) }),
         });
         if (!result) return;
         if (opts.diffOnly) process.stdout.write(result.diff?.patchBytes ?? '');
