@@ -1,4 +1,5 @@
-import { mkdir, readdir, readFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { paths } from '../util/paths.js';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import { PrewarmError } from '../util/errors.js';
@@ -20,8 +21,25 @@ export interface KernelPackage {
   version: string;
 }
 
-/** The versioned kernel package the meta package points at, read from the host's apt lists. */
+const APT_LISTS = '/var/lib/apt/lists';
+
+/**
+ * The versioned kernel package the meta package points at, read from the host's apt lists.
+ * apt-cache takes seconds on a busy host and every freshness check needs this answer, so it
+ * is cached until the lists change (`apt-get update` touches their directory).
+ */
 export async function resolveKernelPackage(): Promise<KernelPackage> {
+  const cacheFile = join(paths.hostProbes(), 'kernel-package.json');
+  const listsMtimeMs = (await stat(APT_LISTS).catch(() => null))?.mtimeMs ?? 0;
+  const cached = await readFile(cacheFile, 'utf8').then((t) => JSON.parse(t) as { listsMtimeMs: number; pkg: KernelPackage }, () => null);
+  if (cached && cached.listsMtimeMs === listsMtimeMs) return cached.pkg;
+  const pkg = await queryKernelPackage();
+  await mkdir(paths.hostProbes(), { recursive: true });
+  await writeFile(cacheFile, JSON.stringify({ listsMtimeMs, pkg }));
+  return pkg;
+}
+
+async function queryKernelPackage(): Promise<KernelPackage> {
   const deps = await execa('apt-cache', ['depends', KERNEL_META_PACKAGE], { reject: false });
   const name = /Depends: (linux-image-[^\s]+)/.exec(deps.stdout)?.[1];
   if (!name) {
