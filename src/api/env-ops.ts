@@ -1,14 +1,8 @@
 import type { EnvSpec } from '../env/spec.js';
+import type { PrepareResult } from '../env/prepare.js';
 import type { EnvironmentStatus } from './schemas.js';
 
-export interface PrepareOutcome {
-  snapshotId: string;
-  cacheHit: boolean;
-  cacheKey: string;
-  commit: string;
-  agentsMd: string | null;
-  timingsMs: Record<string, number>;
-}
+export type PrepareOutcome = Omit<PrepareResult, 'envName' | 'sizes'>;
 
 /** What the API asks of the env part; unit tests swap in a fake that boots no VM. */
 export interface EnvOps {

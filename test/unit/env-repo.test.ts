@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { useTempHome } from './temp-home.js';
 import { HostRepo, mirrorDir, resolveRef } from '../../src/env/repo.js';
 import { parseSpec } from '../../src/env/spec.js';
 
@@ -11,8 +12,6 @@ const gitEnv = {
   GIT_AUTHOR_NAME: 't', GIT_AUTHOR_EMAIL: 't@example.com',
   GIT_COMMITTER_NAME: 't', GIT_COMMITTER_EMAIL: 't@example.com',
 };
-let root: string;
-let savedHome: string | undefined;
 
 async function git(dir: string, ...args: string[]): Promise<string> {
   return (await execa('git', ['-C', dir, ...args], { env: gitEnv })).stdout.trim();
@@ -34,7 +33,7 @@ async function commitFiles(dir: string, files: Record<string, string | null>): P
 }
 
 async function newRepo(name: string, files: Record<string, string>): Promise<string> {
-  const dir = join(root, name);
+  const dir = join(tempRoot(), name);
   await mkdir(dir);
   await git(dir, 'init', '-q', '-b', 'main');
   await commitFiles(dir, files);
@@ -43,25 +42,14 @@ async function newRepo(name: string, files: Record<string, string>): Promise<str
 
 const sha = (text: string) => createHash('sha256').update(text).digest('hex');
 
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'prewarm-env-repo-'));
-  savedHome = process.env.PREWARM_HOME;
-  process.env.PREWARM_HOME = join(root, 'home');
-  process.env.PREWARM_LOG_LEVEL ??= 'warn';
-});
-
-afterAll(async () => {
-  if (savedHome === undefined) delete process.env.PREWARM_HOME;
-  else process.env.PREWARM_HOME = savedHome;
-  await rm(root, { recursive: true, force: true });
-});
+const tempRoot = useTempHome('prewarm-env-repo-');
 
 describe('host repository mirror', () => {
   it('resolves HEAD, branches and tags, and follows new commits', async () => {
     const dir = await newRepo('refs', { 'README.md': 'one\n' });
     const first = await git(dir, 'rev-parse', 'HEAD');
     await git(dir, 'tag', 'v1');
-    const spec = parseSpec(`name: r\nrepository: { path: ./refs }\nsetup: ""\ntier: small\n`, 'env.yaml', root);
+    const spec = parseSpec(`name: r\nrepository: { path: ./refs }\nsetup: ""\ntier: small\n`, 'env.yaml', tempRoot());
     expect(await resolveRef(spec)).toBe(first);
     expect(mirrorDir(dir)).toMatch(/cache\/repos\/[0-9a-f]{64}$/);
 
@@ -88,7 +76,7 @@ describe('host repository mirror', () => {
   });
 
   it('fails with REPO_UNREACHABLE and git stderr for a bad path or URL', async () => {
-    const path = join(root, 'does-not-exist');
+    const path = join(tempRoot(), 'does-not-exist');
     const err = await new HostRepo(path).resolveRef('HEAD').catch((e: unknown) => e);
     expect(err).toMatchObject({ code: 'REPO_UNREACHABLE' });
     expect((err as Error).message).toContain(path);
@@ -137,10 +125,10 @@ describe('host repository mirror', () => {
     await commitFiles(dir, { 'a.txt': 'later\n' }); // the bundle must not need this one
     const repo = new HostRepo(dir);
     await repo.sync();
-    const bundle = join(root, 'repo.bundle');
+    const bundle = join(tempRoot(), 'repo.bundle');
     await repo.createBundle(commit, bundle);
 
-    const clone = join(root, 'clone');
+    const clone = join(tempRoot(), 'clone');
     await execa('git', ['clone', '-q', bundle, clone]);
     expect(await git(clone, 'rev-parse', 'HEAD')).toBe(commit);
     expect(await git(clone, 'rev-parse', '--abbrev-ref', 'HEAD')).toBe('prewarm');

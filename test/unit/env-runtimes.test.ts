@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { useTempHome } from './temp-home.js';
 import { nodeInstallScript, npmMajorFor } from '../../src/env/node-install.js';
 import { satisfiesDebianPython } from '../../src/env/python-req.js';
 import { HostRepo } from '../../src/env/repo.js';
@@ -14,13 +15,11 @@ const gitEnv = {
   GIT_AUTHOR_NAME: 't', GIT_AUTHOR_EMAIL: 't@example.com',
   GIT_COMMITTER_NAME: 't', GIT_COMMITTER_EMAIL: 't@example.com',
 };
-let root: string;
-let savedHome: string | undefined;
 let count = 0;
 
 /** A repository holding `files`, its mirror and head commit. */
 async function repoWith(files: Record<string, string>): Promise<{ repo: HostRepo; commit: string }> {
-  const dir = join(root, `repo-${count++}`);
+  const dir = join(tempRoot(), `repo-${count++}`);
   await mkdir(dir);
   for (const [path, content] of Object.entries({ 'README.md': 'x\n', ...files })) {
     await mkdir(dirname(join(dir, path)), { recursive: true });
@@ -34,21 +33,10 @@ async function repoWith(files: Record<string, string>): Promise<{ repo: HostRepo
 }
 
 function spec(extra = ''): EnvSpec {
-  return parseSpec(`name: r\nrepository: { url: x }\nsetup: ""\ntier: small\n${extra}`, 'env.yaml', root);
+  return parseSpec(`name: r\nrepository: { url: x }\nsetup: ""\ntier: small\n${extra}`, 'env.yaml', tempRoot());
 }
 
-beforeAll(async () => {
-  root = await mkdtemp(join(tmpdir(), 'prewarm-env-runtimes-'));
-  savedHome = process.env.PREWARM_HOME;
-  process.env.PREWARM_HOME = join(root, 'home');
-  process.env.PREWARM_LOG_LEVEL ??= 'warn';
-});
-
-afterAll(async () => {
-  if (savedHome === undefined) delete process.env.PREWARM_HOME;
-  else process.env.PREWARM_HOME = savedHome;
-  await rm(root, { recursive: true, force: true });
-});
+const tempRoot = useTempHome('prewarm-env-runtimes-');
 
 describe('runtime resolution', () => {
   it('uses the Debian node and no Python when nothing asks for one', async () => {
@@ -136,16 +124,16 @@ describe('runtime resolution', () => {
     'install script installs node and npm into a prefix (PREWARM_TEST_NODE_INSTALL=1)',
     async () => {
       const dirs = {
-        optDir: join(root, 'opt'),
-        binDir: join(root, 'bin'),
-        profileDir: join(root, 'profile.d'),
+        optDir: join(tempRoot(), 'opt'),
+        binDir: join(tempRoot(), 'bin'),
+        profileDir: join(tempRoot(), 'profile.d'),
       };
-      const script = join(root, 'install.sh');
+      const script = join(tempRoot(), 'install.sh');
       await writeFile(script, nodeInstallScript('22.12.0', dirs));
       // A guest-like environment: no npm_config_* inherited from the npx running vitest.
       const { PATH, HOME, NODE_EXTRA_CA_CERTS } = process.env;
       const hostEnv = { PATH, HOME, NODE_EXTRA_CA_CERTS };
-      const opts = { cwd: root, extendEnv: false, env: hostEnv };
+      const opts = { cwd: tempRoot(), extendEnv: false, env: hostEnv };
       const run = await execa('sh', [script], opts);
       expect(run.stdout).toMatch(/^node v22\.12\.0, npm 11\.\d+\.\d+$/m);
       const env = { ...hostEnv, PATH: `${dirs.binDir}:${process.env.PATH}` };
