@@ -32,6 +32,8 @@ export function renderBench(r: BenchReport): string {
     `  cold start / restore to first command: ${r.ratios.coldStartOverRestoreToFirstCommand.toFixed(1)}x`,
     `  loadvm / restore to first command:     ${r.ratios.loadvmOverRestoreToFirstCommand.toFixed(1)}x`,
     `  ${r.memory.clones} clones / 1 clone host memory:      ${r.ratios.clonesMemoryOverOne.toFixed(2)}x`,
+    ...(r.ratios.restoreToFirstCommandOverPool
+      ? [`  restore / pool hand-out:                ${r.ratios.restoreToFirstCommandOverPool.toFixed(1)}x`] : []),
   ];
   return lines.join('\n');
 }
