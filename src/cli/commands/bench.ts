@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { join, resolve } from 'node:path';
 import { runBench, type BenchReport } from '../../bench/run.js';
+import { runVmBench } from '../../bench/vm.js';
 import { prewarmHome } from '../../util/paths.js';
 import { InputError } from '../../util/errors.js';
 import { mib, report } from '../output.js';
@@ -39,7 +40,30 @@ export function renderBench(r: BenchReport): string {
 }
 
 export function registerBench(program: Command): void {
-  program.command('bench')
+  const bench = program.command('bench').description('benchmarks: `bench run` (the whole story) and `bench vm` (the engine alone)');
+
+  bench.command('vm')
+    .description('cold boot, snapshot and restore of the base image, over N rounds')
+    .option('--rounds <n>', 'rounds', '20')
+    .action(async (opts: { rounds: string }) => {
+      const g = globals(program);
+      const rounds = Number(opts.rounds);
+      if (!(Number.isInteger(rounds) && rounds > 0)) {
+        throw new InputError(`--rounds must be a positive whole number, got "${opts.rounds}"`);
+      }
+      const r = await runVmBench(rounds, (line) => process.stderr.write(`bench vm: ${line}\n`));
+      const avg = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+      report(g.json, r, () => [
+        `prewarm bench vm — ${r.startedAt}, ${r.accel.toUpperCase()}, ${r.machine.cpuModel} × ${r.machine.cores}, ` +
+          `QEMU ${r.machine.qemu}, ${r.memoryMiB} MiB guest, ${r.rounds} rounds`,
+        ...Object.values(r.series).map((s) =>
+          `  ${s.name.padEnd(34)} p50 ${sec(s.p50).padStart(8)}   p95 ${sec(s.p95).padStart(8)}`),
+        `  snapshot size: device state ${(avg(r.stateBytes) / 1024).toFixed(0)} KiB, memory file ` +
+          `${mib(avg(r.memoryAllocatedBytes))} allocated of ${r.memoryMiB} MiB`,
+      ].join('\n'));
+    });
+
+  bench.command('run', { isDefault: true })
     .description('measure cold start, restore, loadvm, snapshot size, memory and density in one run')
     .option('--quick', 'fewer rounds (about five minutes under TCG)')
     .option('--rounds <n>', 'restore rounds (default 20, quick 8)')
