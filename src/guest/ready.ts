@@ -28,6 +28,5 @@ export async function waitForGuest(vm: Vm, timeoutMs: number): Promise<Guest> {
 
 /** A restored guest keeps the snapshot's clock and CRNG state: fix both before any work. */
 export async function freshenRestoredGuest(guest: Guest): Promise<void> {
-  await guest.syncClock();
-  await guest.reseedEntropy();
+  await guest.refresh();
 }
