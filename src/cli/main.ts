@@ -20,7 +20,7 @@ program
   .option('-v, --verbose', 'log every step to stderr')
   .hook('preAction', async () => {
     const g = globals(program);
-    setLogLevel(process.env.PREWARM_LOG_LEVEL ?? (g.verbose ? 'debug' : 'warn'));
+    setLogLevel(process.env.PREWARM_LOG_LEVEL ?? (g.verbose ? 'debug' : 'error'));
     await reapLeftovers();
   });
 

@@ -1,3 +1,7 @@
+import { existsSync } from 'node:fs';
+import { openState } from '../state/db.js';
+import { isAlive } from '../engine/proc.js';
+import { paths } from '../util/paths.js';
 import { reapVms } from '../engine/reaper.js';
 import { reapImageBuilds } from '../image/build.js';
 import { logger } from '../util/log.js';
@@ -6,5 +10,17 @@ import { logger } from '../util/log.js';
 export async function reapLeftovers(): Promise<void> {
   const reaped = await reapVms();
   await reapImageBuilds();
+  await recoverTasks();
   if (reaped.length > 0) logger({ part: 'startup' }).info({ vmIds: reaped }, 'removed leftover VMs');
+}
+
+/** Tasks whose runner process died (killed CLI, crashed service) end as 'error'. */
+async function recoverTasks(): Promise<void> {
+  if (!existsSync(paths.database())) return;
+  const state = openState();
+  try {
+    await state.tasks.recoverOrphans((runner) => isAlive(runner.pid, runner.startTime));
+  } finally {
+    state.close();
+  }
 }

@@ -58,12 +58,13 @@ async function loadImage(dir: string): Promise<Image | null> {
   const manifestPath = join(dir, 'manifest.json');
   if (!existsSync(manifestPath)) return null;
   const manifest = JSON.parse(await readFile(manifestPath, 'utf8')) as ImageManifest;
+  // Paths come from where the image is now, not where it was built: a copied cache works.
   return {
     digest: manifest.digest,
     dir,
-    kernelPath: manifest.files.kernel.path,
-    initrdPath: manifest.files.initrd.path,
-    diskPath: manifest.files.disk.path,
+    kernelPath: join(dir, 'vmlinuz'),
+    initrdPath: join(dir, 'initrd.img'),
+    diskPath: join(dir, 'rootfs.qcow2'),
     manifest,
   };
 }

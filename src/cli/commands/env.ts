@@ -5,6 +5,7 @@ import { prepareEnv } from '../../env/prepare.js';
 import { envStatus } from '../../env/status.js';
 import { SnapshotStore } from '../../snapshot/store.js';
 import { openState } from '../../state/db.js';
+import { InputError } from '../../util/errors.js';
 import { mib, report, table } from '../output.js';
 import { globals } from '../globals.js';
 
@@ -99,6 +100,9 @@ export function registerSnapshot(program: Command): void {
     .option('--keep <n>', 'snapshots to keep per environment', '3')
     .action(async (opts: { keep: string }) => {
       const g = globals(program);
+      if (!/^\d+$/.test(opts.keep)) {
+        throw new InputError(`--keep must be a whole number of snapshots (0 or more), got "${opts.keep}"`);
+      }
       const result = await (await SnapshotStore.open()).gc({ keepPerEnv: Number(opts.keep) });
       report(g.json, result, () => `removed ${result.removedIds.length} snapshot(s)` +
         (result.removedIds.length ? `: ${result.removedIds.join(', ')}` : '') +

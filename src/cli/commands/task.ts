@@ -6,18 +6,27 @@ import { submitAndRun } from '../../task/record.js';
 import { budgetedVmSource } from '../../pool/source.js';
 import type { TaskResult } from '../../task/types.js';
 import { InputError, NotFoundError } from '../../util/errors.js';
+import { shellQuote } from '../../guest/guest.js';
 import { mib, report, table } from '../output.js';
 import { globals } from '../globals.js';
+
+async function readScript(file: string): Promise<string[]> {
+  const text = await readFile(file, 'utf8').catch((err: NodeJS.ErrnoException) => {
+    throw new InputError(`--script ${file}: cannot read it (${err.code ?? err.message}); give a file ` +
+      'with one shell command per line');
+  });
+  return text.split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+}
 
 export function renderResult(r: TaskResult): string {
   const lines = [
     `task ${r.taskId} on ${r.envName}: ${r.status}${r.message ? ` — ${r.message}` : ''}`,
-    `  snapshot ${r.snapshotId}, VM ${r.vmId ?? '-'}, base ${r.baseCommit.slice(0, 12)}`,
-    ...r.commands.map((c) => `  [${c.status}] ${c.command} (exit ${c.exitCode ?? '-'}, ` +
+    `  snapshot ${r.snapshotId ?? '-'}, VM ${r.vmId ?? '-'}, base ${(r.baseCommit ?? '-').slice(0, 12)}`,
+    ...(r.commands ?? []).map((c) => `  [${c.status}] ${c.command} (exit ${c.exitCode ?? '-'}, ` +
       `${(c.durationMs / 1000).toFixed(2)} s, peak ${mib(c.peakMemoryBytes)})`),
-    `  memory: limit ${mib(r.memoryLimitBytes)}, peak in guest ${mib(r.peakMemoryBytes)}, ` +
+    `  memory: limit ${mib(r.memoryLimitBytes ?? null)}, peak in guest ${mib(r.peakMemoryBytes)}, ` +
       `VMM on host ${mib(r.hostPeakRssBytes)}`,
-    `  timings: ${Object.entries(r.timingsMs).map(([k, v]) => `${k} ${v} ms`).join(', ')}`,
+    `  timings: ${Object.entries(r.timingsMs ?? {}).map(([k, v]) => `${k} ${v} ms`).join(', ')}`,
   ];
   if (r.diff) {
     const s = r.diff.stats;
@@ -46,13 +55,17 @@ export function registerTask(program: Command): void {
       commit?: string; script?: string; timeout?: string; rebuild: boolean; allowStale?: boolean; diffOnly?: boolean;
     }) => {
       const g = globals(program);
+      // One argument is a shell command as written; several are an argv, quoted for the shell.
       const commands = opts.script
-        ? (await readFile(opts.script, 'utf8')).split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'))
-        : cmd.length > 0 ? [cmd.join(' ')] : [];
-      if (commands.length === 0) throw new InputError('give a command after --, or --script FILE');
+        ? await readScript(opts.script)
+        : cmd.length === 1 ? [cmd[0]] : cmd.length > 1 ? [cmd.map(shellQuote).join(' ')] : [];
+      if (commands.length === 0) {
+        throw new InputError(opts.script ? `--script ${opts.script} has no commands (only blank lines or comments)`
+          : 'give a command after --, or --script FILE');
+      }
       const timeoutSeconds = opts.timeout === undefined ? undefined : Number(opts.timeout);
-      if (timeoutSeconds !== undefined && !(timeoutSeconds > 0)) {
-        throw new InputError(`--timeout must be a positive number of seconds, got "${opts.timeout}"`);
+      if (timeoutSeconds !== undefined && !(/^\d+(\.\d+)?$/.test(opts.timeout!) && timeoutSeconds > 0 && timeoutSeconds <= 7 * 86_400)) {
+        throw new InputError(`--timeout must be a positive number of seconds, got "${opts.timeout}" (at most a week)`);
       }
       const { spec } = await specFor(envArg);
       const state = openState();
@@ -68,8 +81,12 @@ export function registerTask(program: Command): void {
         });
         if (!result) return;
         if (opts.diffOnly) process.stdout.write(result.diff?.patchBytes ?? '');
-        else report(g.json, { ...result, diff: result.diff && { ...result.diff, patchBytes: undefined } }, () => renderResult(result) +
-          (result.diff?.patch ? `\n\n${result.diff.patch}` : ''));
+        else if (g.json) report(true, { ...result, diff: result.diff && { ...result.diff, patchBytes: undefined } }, () => '');
+        else {
+          // The patch goes out as its exact bytes: files need not be UTF-8.
+          process.stdout.write(`\n${renderResult(result)}\n`);
+          if (result.diff?.patchBytes?.length) process.stdout.write(Buffer.concat([Buffer.from('\n'), result.diff.patchBytes]));
+        }
         process.exitCode = result.status === 'succeeded' ? 0 : 2;
       } finally {
         state.close();
