@@ -1,3 +1,4 @@
+import { residentMemory } from '../engine/proc.js';
 import { cpus, totalmem } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { qemuVersion } from '../engine/qemu-binary.js';
@@ -28,10 +29,5 @@ export function hostAvailableBytes(): number {
 
 /** Proportional set size of a process: shared pages split among the processes mapping them. */
 export function pssBytes(pid: number): number {
-  try {
-    const text = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
-    return Number(/^Pss:\s+(\d+)/m.exec(text)?.[1] ?? 0) * 1024;
-  } catch {
-    return 0;
-  }
+  return residentMemory(pid)?.pssBytes ?? 0;
 }

@@ -20,21 +20,28 @@ export function processCmdline(pid: number): string {
   }
 }
 
+/** Running (not a zombie), and when `startTime` is given, the same process as then. */
 export function isAlive(pid: number, startTime?: string): boolean {
-  const actual = processStartTime(pid);
-  if (actual === null) return false;
-  const state = readFileSync(`/proc/${pid}/stat`, 'utf8').slice(-0).split(') ')[1]?.[0];
-  if (state === 'Z') return false;
-  return startTime === undefined || actual === startTime;
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return false;
+  }
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  if (fields[0] === 'Z') return false;
+  return startTime === undefined || fields[19] === startTime;
 }
 
-/** Resident memory of a process: total, and the part no other process shares. */
-export function residentMemory(pid: number): { rssBytes: number; privateBytes: number } | null {
+/** Resident memory of a process: total, its proportional share (shared pages split among
+ * the processes mapping them), and the part no other process shares. */
+export function residentMemory(pid: number): { rssBytes: number; pssBytes: number; privateBytes: number } | null {
   try {
     const text = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
     const kib = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+)`, 'm').exec(text)?.[1] ?? 0);
     return {
       rssBytes: kib('Rss') * 1024,
+      pssBytes: kib('Pss') * 1024,
       privateBytes: (kib('Private_Clean') + kib('Private_Dirty')) * 1024,
     };
   } catch {

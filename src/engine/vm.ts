@@ -1,3 +1,4 @@
+import { shellQuote } from '../util/shell.js';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -322,7 +323,4 @@ export async function createOverlay(backing: string, overlay: string, sizeBytes:
   await execa('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', backing, '-F', 'qcow2', overlay, String(sizeBytes)]);
 }
 
-function shellQuote(s: string): string {
-  return `'${s.replace(/'/g, `'\\''`)}'`;
-}
 

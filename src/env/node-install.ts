@@ -1,3 +1,4 @@
+import { shellQuote as q } from '../util/shell.js';
 /**
  * The guest-side script that installs an exact Node.js release from the npm registry.
  *
@@ -85,7 +86,3 @@ echo "node $(node --version), npm $(npm --version)"
 `;
 }
 
-/** Single-quote a string for sh. */
-function q(value: string): string {
-  return `'${value.replaceAll("'", `'\\''`)}'`;
-}

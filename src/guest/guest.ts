@@ -1,3 +1,4 @@
+import { shellQuote } from '../util/shell.js';
 import { randomBytes } from 'node:crypto';
 import { GuestError } from '../util/errors.js';
 import type { AgentClient } from './agent.js';
@@ -141,7 +142,4 @@ export class Guest {
   }
 }
 
-/** Quote `value` for /bin/sh as one word. */
-export function shellQuote(value: string): string {
-  return `'${value.replaceAll("'", `'\\''`)}'`;
-}
+export { shellQuote } from '../util/shell.js';

@@ -1,3 +1,4 @@
+import { isAlive } from '../engine/proc.js';
 import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -165,16 +166,7 @@ export async function reapImageBuilds(): Promise<void> {
   if (!existsSync(paths.images())) return;
   for (const entry of await readdir(paths.images())) {
     const pid = Number(/^\.tmp-[0-9a-f]+-(\d+)-/.exec(entry)?.[1]);
-    if (pid && !processAlive(pid)) await rm(join(paths.images(), entry), { recursive: true, force: true });
-  }
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
+    if (pid && !isAlive(pid)) await rm(join(paths.images(), entry), { recursive: true, force: true });
   }
 }
 

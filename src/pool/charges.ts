@@ -1,3 +1,4 @@
+import { residentMemory } from '../engine/proc.js';
 import { existsSync, readFileSync } from 'node:fs';
 import { readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -65,16 +66,8 @@ export async function writeRole(dir: string, input: RoleInput): Promise<void> {
   await rename(tmp, join(dir, ROLE_FILE));
 }
 
-/** Resident and proportional memory of a process, from /proc/PID/smaps_rollup. */
-export function processMemory(pid: number): { rssBytes: number; pssBytes: number } | null {
-  try {
-    const text = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
-    const kib = (field: string) => Number(new RegExp(`^${field}:\\s+(\\d+)`, 'm').exec(text)?.[1] ?? 0);
-    return { rssBytes: kib('Rss') * 1024, pssBytes: kib('Pss') * 1024 };
-  } catch {
-    return null;
-  }
-}
+/** Resident and proportional memory of a process (engine/proc.ts reads it). */
+export const processMemory = residentMemory;
 
 function ownerAlive(role: RoleFile | null): boolean {
   return role !== null && isAlive(role.owner.pid, role.owner.startTime);

@@ -1,3 +1,4 @@
+import { isAlive } from '../engine/proc.js';
 import { randomBytes } from 'node:crypto';
 import { open, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
@@ -26,16 +27,7 @@ export function isAbandonedTmp(name: string): boolean {
   if (!isTmpName(name)) return false;
   const match = TMP_OWNER.exec(name);
   if (!match) return true;
-  return !isProcessAlive(Number(match[1]));
-}
-
-function isProcessAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
+  return !isAlive(Number(match[1]));
 }
 
 /** Delete the abandoned temporary entries directly inside `dir`; returns their paths. */
