@@ -1,8 +1,8 @@
-import { mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { execa } from 'execa';
-import { sha256File } from '../util/hash.js';
+import { digestFile } from '../snapshot/hash-cache.js';
 import { step } from '../util/log.js';
 import { VmError } from '../util/errors.js';
 import { qemuVersion } from './qemu-binary.js';
@@ -39,8 +39,9 @@ export async function snapshotVm(vm: Vm, destDir: string): Promise<EngineSnapsho
 
     const files = {} as EngineSnapshotManifest['files'];
     await step(vm.log, 'hash', () => Promise.all(SNAPSHOT_FILES.map(async (name: SnapshotFileName) => {
-      const path = join(tmp, name);
-      files[name] = { sizeBytes: (await stat(path)).size, sha256: await sha256File(path) };
+      // digestFile also records the hash in the directory's hash cache, so the store's
+      // verification of this directory right after (put) does not read 2 GiB again.
+      files[name] = await digestFile(join(tmp, name));
     })));
     const manifest: EngineSnapshotManifest = {
       formatVersion: 1,
