@@ -1,7 +1,7 @@
 import { isAlive, selfRecord } from '../engine/proc.js';
 import { loadSpec, type EnvSpec } from '../env/spec.js';
 import type { StateStore, Task } from '../state/db.js';
-import { NotFoundError, PrewarmError, errorMessage } from '../util/errors.js';
+import { CancelledError, NotFoundError, PrewarmError, errorMessage } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import type { TaskRunner } from './runner.js';
 
@@ -128,7 +128,7 @@ export class TaskQueue {
     await tasks.markFinished(taskId, 'cancelled', { message: reason });
     await this.note(taskId, reason);
     // Looked up after marking, so a launch that raced with this cancel is aborted too.
-    this.active.get(taskId)?.controller.abort(new PrewarmError('CANCELLED', reason));
+    this.active.get(taskId)?.controller.abort(new CancelledError(reason));
     return (await tasks.get(taskId))!;
   }
 

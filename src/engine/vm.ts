@@ -153,7 +153,9 @@ export class Vm implements AsyncDisposable {
       stdin: 'ignore',
       stdout: { file: this.files.qemuLog },
       stderr: { file: this.files.qemuLog },
-      detached: this.config.detached,
+      // Its own process group always: a Ctrl-C at the owner's terminal is the owner's to
+      // handle (it cancels a task), not a signal that kills QEMU under it.
+      detached: true,
       cleanup: !this.config.detached,
       reject: false,
     });

@@ -1,8 +1,9 @@
 import { readFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { killVm } from '../engine/reaper.js';
-import { BudgetError, InputError } from '../util/errors.js';
+import { BudgetError, InputError, throwIfCancelled } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import { prewarmHome } from '../util/paths.js';
 import { isEvictable, vmCharges, vmDirOf, writeRole, type RoleInput, type VmCharge, type VmRole } from './charges.js';
@@ -78,6 +79,8 @@ export interface AdmitOptions {
   onWait?: (info: { missingBytes: number; message: string }) => void;
   /** Push out idle pool VMs to make room; default: only for tasks. */
   evictPool?: boolean;
+  /** Stop waiting (CancelledError) when this aborts. */
+  signal?: AbortSignal;
 }
 
 export interface BudgetUsage {
@@ -145,6 +148,7 @@ export class MemoryBudget {
     let waiting: (() => Promise<void>) | undefined;
     try {
       for (;;) {
+        throwIfCancelled(opts.signal);
         const outcome = await withFileLock(this.deps.lockPath, () => this.tryAdmit(req, opts.evictPool ?? isTask));
         if (outcome.admitted) return;
         const message = this.refusal(req, outcome.needBytes, outcome.freeBytes);
@@ -156,7 +160,8 @@ export class MemoryBudget {
           this.log.info({ vmId: req.vmId, missingBytes }, 'waiting for memory');
           opts.onWait?.({ missingBytes, message });
         }
-        await new Promise((r) => setTimeout(r, Math.min(this.deps.pollMs, Math.max(1, deadline - Date.now()))));
+        await sleep(Math.min(this.deps.pollMs, Math.max(1, deadline - Date.now())), undefined, { signal: opts.signal })
+          .catch(() => throwIfCancelled(opts.signal));
       }
     } finally {
       await waiting?.();

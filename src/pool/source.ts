@@ -26,12 +26,12 @@ export interface BudgetedSourceOptions {
  */
 export function budgetedVmSource(opts: BudgetedSourceOptions = {}): VmSource {
   const budget = opts.budget ?? new MemoryBudget();
-  return async (spec, snapshotId) => {
+  return async (spec, snapshotId, { signal } = {}) => {
     const request = (vmId: string): AdmitRequest => ({
       vmId, bytes: budget.taskReservationBytes(resolveTier(spec.tier).memoryMiB), role: 'task',
       envName: spec.name, snapshotId, what: `task on ${spec.name}`,
     });
-    const admitOpts = { waitMs: opts.waitMs, onWait: (w: { message: string }) => opts.onWait?.(w.message) };
+    const admitOpts = { waitMs: opts.waitMs, onWait: (w: { message: string }) => opts.onWait?.(w.message), signal };
 
     const pooled = await opts.pools?.take(spec.name, snapshotId, (r) => budget.admit(request(r.vm.id), admitOpts));
     if (pooled) return pooled;
@@ -41,7 +41,7 @@ export function budgetedVmSource(opts: BudgetedSourceOptions = {}): VmSource {
     const vmId = newVmId();
     await budget.admit(request(vmId), admitOpts);
     try {
-      return await restoreReady(spec, snapshotId, store, { vmId });
+      return await restoreReady(spec, snapshotId, store, { vmId, signal });
     } catch (err) {
       await rm(vmDirOf(vmId), { recursive: true, force: true });
       throw err;

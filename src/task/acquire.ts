@@ -5,6 +5,7 @@ import type { Vm } from '../engine/vm.js';
 import { freshenRestoredGuest, waitForGuest } from '../guest/ready.js';
 import type { Guest } from '../guest/guest.js';
 import type { EnvSpec } from '../env/spec.js';
+import { throwIfCancelled } from '../util/errors.js';
 
 const RESTORE_AGENT_TIMEOUT_MS = 30_000;
 
@@ -18,13 +19,18 @@ export interface ReadyVm {
   fromPool: boolean;
 }
 
-/** Where task VMs come from: a restore by default, a warm pool when one is set. */
-export type VmSource = (spec: EnvSpec, snapshotId: string) => Promise<ReadyVm>;
+/**
+ * Where task VMs come from: a restore by default, a warm pool when one is set. When `signal`
+ * aborts, a source stops waiting (for memory, say) and rejects with a CancelledError; a VM it
+ * was restoring is destroyed first.
+ */
+export type VmSource = (spec: EnvSpec, snapshotId: string, opts?: { signal?: AbortSignal }) => Promise<ReadyVm>;
 
 /** `vmId`: restore into this id (the memory budget admitted it and made its directory). */
 export async function restoreReady(
-  spec: EnvSpec, snapshotId: string, store?: SnapshotStore, opts: { vmId?: string } = {},
+  spec: EnvSpec, snapshotId: string, store?: SnapshotStore, opts: { vmId?: string; signal?: AbortSignal } = {},
 ): Promise<ReadyVm> {
+  throwIfCancelled(opts.signal);
   const startedAt = performance.now();
   const snapshots = store ?? (await SnapshotStore.open());
   const dir = await snapshots.materialize(snapshotId);
@@ -33,6 +39,7 @@ export async function restoreReady(
   try {
     const guest = await waitForGuest(vm, RESTORE_AGENT_TIMEOUT_MS);
     await freshenRestoredGuest(guest);
+    throwIfCancelled(opts.signal);
     return { vm, guest, snapshotId, acquireMs: performance.now() - startedAt, fromPool: false };
   } catch (err) {
     await vm.destroy().catch(() => {});

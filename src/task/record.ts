@@ -1,7 +1,7 @@
 import type { StateStore } from '../state/db.js';
 import type { EnvSpec } from '../env/spec.js';
 import { selfRecord } from '../engine/proc.js';
-import { errorMessage } from '../util/errors.js';
+import { CancelledError, errorMessage } from '../util/errors.js';
 import { runTask, type RunTaskOptions } from './run.js';
 import type { TaskRequest, TaskResult } from './types.js';
 
@@ -45,7 +45,8 @@ export async function runRecorded(
     return result;
   } catch (err) {
     await pending;
-    await state.tasks.markError(taskId, errorMessage(err));
+    if (err instanceof CancelledError) await state.tasks.markFinished(taskId, 'cancelled', { message: err.message });
+    else await state.tasks.markError(taskId, errorMessage(err));
     throw err;
   }
 }

@@ -8,7 +8,7 @@ import { guestRepoDir } from '../env/guest-setup.js';
 import { HostRepo } from '../env/repo.js';
 import { resolveSecrets, resolveTier, type EnvSpec } from '../env/spec.js';
 import type { Guest } from '../guest/guest.js';
-import { PrewarmError, errorMessage } from '../util/errors.js';
+import { CancelledError, PrewarmError, cancelReason, errorMessage, throwIfCancelled } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import { paths } from '../util/paths.js';
 import { restoreReady, type ReadyVm, type VmSource } from './acquire.js';
@@ -34,6 +34,14 @@ export interface RunTaskOptions {
   vmSource?: VmSource;
   /** Called once the VM is known, so a caller can record it. */
   onVm?: (vmId: string, snapshotId: string) => void;
+  /**
+   * Cancels the task: it stops at once wherever it is (waiting for memory, restoring, running
+   * a command), its VM is destroyed and the result has status 'cancelled' with the abort
+   * reason. Shortcoming: an automatic rebuild of a stale snapshot is not interrupted; the
+   * cancel takes effect when the rebuild ends (the snapshot it made is kept). Removing it
+   * needs prepareEnv to take a signal.
+   */
+  signal?: AbortSignal;
 }
 
 /** Pick the snapshot a task runs on: the fresh one, a rebuilt one, or (when the user allows
@@ -72,6 +80,8 @@ export async function runTask(spec: EnvSpec, req: TaskRequest, opts: RunTaskOpti
 
   const startedAt = new Date();
   const timings: Record<string, number> = {};
+  const signal = opts.signal;
+  throwIfCancelled(signal);
   const store = await SnapshotStore.open();
   const t0 = performance.now();
   const { snapshotId, prepareMs } = await chooseSnapshot(spec, req, store, say);
@@ -89,12 +99,15 @@ export async function runTask(spec: EnvSpec, req: TaskRequest, opts: RunTaskOpti
 
   let ready: ReadyVm | undefined;
   let sampler: NodeJS.Timeout | undefined;
-  /** What the task was doing, for the message when its VM dies. */
-  let doing = 'starting';
+  /** What the task was doing, for the message when its VM dies or it is cancelled. */
+  let doing = 'getting a VM';
   const deathMessage = (vmId: string) =>
     `VM ${vmId} stopped in the middle of the task (its QEMU process exited) while ${doing}`;
+  const cancelled = rejectOnAbort(signal);
   try {
-    ready = await (opts.vmSource ?? ((s, id) => restoreReady(s, id, store)))(spec, snapshotId);
+    throwIfCancelled(signal);
+    const source = opts.vmSource ?? ((s, id, o) => restoreReady(s, id, store, o));
+    ready = await source(spec, snapshotId, { signal });
     timings[ready.fromPool ? 'pool' : 'restore'] = Math.round(ready.acquireMs);
     result.vmId = ready.vm.id;
     opts.onVm?.(ready.vm.id, snapshotId);
@@ -105,9 +118,10 @@ export async function runTask(spec: EnvSpec, req: TaskRequest, opts: RunTaskOpti
       if (rss !== null) result.hostPeakRssBytes = Math.max(result.hostPeakRssBytes ?? 0, rss);
     }, HOST_SAMPLE_MS);
 
-    const died = vm.processExited.then(() => {
+    // Every step below races the VM's death and a cancel; whichever comes first ends it.
+    const died = Promise.race([vm.processExited.then(() => {
       throw new PrewarmError('VM_DIED', deathMessage(vm.id));
-    });
+    }), cancelled]);
     died.catch(() => {});
 
     if (req.commit) {
@@ -159,6 +173,12 @@ export async function runTask(spec: EnvSpec, req: TaskRequest, opts: RunTaskOpti
     };
     timings.diff = Math.round(performance.now() - diffStart);
   } catch (err) {
+    if (err instanceof CancelledError) {
+      result.status = 'cancelled';
+      result.message = `task ${taskId} cancelled while ${doing}: ${err.message}`;
+      log.info({ vmId: result.vmId }, 'task cancelled');
+      return result;
+    }
     result.status = 'error';
     // A dead VM is the reason, whichever step noticed first: usually the agent's connection
     // closes a moment before QEMU's exit is seen.
@@ -175,6 +195,17 @@ export async function runTask(spec: EnvSpec, req: TaskRequest, opts: RunTaskOpti
     result.finishedAt = new Date().toISOString();
   }
   return result;
+}
+
+/** A promise that rejects with the CancelledError when `signal` aborts (never without one). */
+function rejectOnAbort(signal: AbortSignal | undefined): Promise<never> {
+  const never = new Promise<never>((_resolve, reject) => {
+    if (!signal) return;
+    if (signal.aborted) return reject(cancelReason(signal));
+    signal.addEventListener('abort', () => reject(cancelReason(signal)), { once: true });
+  });
+  never.catch(() => {});
+  return never;
 }
 
 function exitedWithin(exited: Promise<unknown>, ms: number): Promise<boolean> {

@@ -13,7 +13,7 @@ export interface TaskRequest {
   noRebuild?: boolean;
 }
 
-export type TaskStatus = 'succeeded' | 'failed' | 'oom_killed' | 'timed_out' | 'error';
+export type TaskStatus = 'succeeded' | 'failed' | 'oom_killed' | 'timed_out' | 'cancelled' | 'error';
 
 export interface CommandOutcome {
   command: string;

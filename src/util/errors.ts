@@ -77,6 +77,25 @@ export class BudgetError extends PrewarmError {
   }
 }
 
+/** The work was cancelled by its caller (an AbortSignal); the message says by whom. */
+export class CancelledError extends PrewarmError {
+  constructor(message: string) {
+    super('CANCELLED', message);
+  }
+}
+
+/** Why `signal` aborted, as a CancelledError (its reason's message when it has one). */
+export function cancelReason(signal: AbortSignal): CancelledError {
+  const reason: unknown = signal.reason;
+  if (reason instanceof CancelledError) return reason;
+  return new CancelledError(reason instanceof Error && reason.name !== 'AbortError' ? reason.message : 'cancelled');
+}
+
+/** Throw the CancelledError for `signal` when it has aborted. */
+export function throwIfCancelled(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw cancelReason(signal);
+}
+
 export function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }

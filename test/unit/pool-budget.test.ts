@@ -7,7 +7,7 @@ import type { VmRecord } from '../../src/engine/types.js';
 import { budgetSettings, MemoryBudget, type AdmitRequest } from '../../src/pool/budget.js';
 import type { RoleInput, VmCharge } from '../../src/pool/charges.js';
 import { Waiters } from '../../src/pool/waiters.js';
-import { BudgetError, InputError } from '../../src/util/errors.js';
+import { BudgetError, CancelledError, InputError } from '../../src/util/errors.js';
 
 const GiB = 2 ** 30;
 const MiB = 2 ** 20;
@@ -102,6 +102,21 @@ describe('admission', () => {
     expect(waits).toHaveLength(1);
     expect(waits[0]).toMatch(/needs 2 GiB but only 1 GiB .* \(1 GiB missing\)/);
     expect(host.vms.map((v) => v.vmId)).toEqual(['vm-b']);
+  });
+
+  it('stops waiting when its signal aborts, with the reason and its waiting room given back', async () => {
+    const b = budget(4096);
+    await b.admit(task('vm-a', 3 * GiB));
+    const cancel = new AbortController();
+    setTimeout(() => cancel.abort(new CancelledError('cancelled through the API')), 100);
+    const startedAt = Date.now();
+    const err = await b.admit(task('vm-b', 2 * GiB), { waitMs: 60_000, signal: cancel.signal }).catch((e) => e);
+    expect(err).toBeInstanceOf(CancelledError);
+    expect(err.message).toBe('cancelled through the API');
+    expect(Date.now() - startedAt).toBeLessThan(10_000);
+    expect(host.vms.map((v) => v.vmId)).toEqual(['vm-a']);
+    // The memory it was waiting for is no longer held back from pool refills.
+    expect(await new Waiters(dir).totalBytes()).toBe(0);
   });
 
   it('refuses at once what the whole budget cannot hold, even when asked to wait', async () => {

@@ -12,6 +12,8 @@ import { SnapshotStore } from '../../src/snapshot/store.js';
 import { runTask, type RunTaskOptions } from '../../src/task/run.js';
 import type { TaskResult } from '../../src/task/types.js';
 import { paths } from '../../src/util/paths.js';
+import { CancelledError } from '../../src/util/errors.js';
+import { openState } from '../../src/state/db.js';
 import { preparedExample } from './example-env.js';
 import { TINY_TIER, makeRepo, vmDirsOwnedBy, writeSpec } from './tiny-env.js';
 
@@ -235,6 +237,61 @@ describe('task run (real QEMU)', () => {
       expect(result.diff!.patch).toContain(`+task ${i}`);
     });
   }, 15 * MINUTE);
+
+  it('a cancelled task stops in the middle of its command: status cancelled, its VM destroyed', async () => {
+    const cancel = new AbortController();
+    let cancelledAt = 0;
+    const { result, output } = await run(['sleep 60'], {
+      events: {
+        signal: cancel.signal,
+        onEvent: (message) => {
+          if (!message.startsWith('running: sleep 60')) return;
+          setTimeout(() => {
+            cancelledAt = performance.now();
+            cancel.abort(new CancelledError('cancelled by the test'));
+          }, 2_000);
+        },
+      },
+    });
+    const endedAt = performance.now();
+
+    expect(cancelledAt).toBeGreaterThan(0);
+    expect(result.status, `${result.message}\n${output}`).toBe('cancelled');
+    expect(result.message).toBe(`task ${result.taskId} cancelled while running "sleep 60": cancelled by the test`);
+    // It ends at the cancel, not when `sleep 60` would have.
+    expect(endedAt - cancelledAt).toBeLessThan(20_000);
+    expect(isAlive(vms[0].qemuPid)).toBe(false);
+    expect(existsSync(join(paths.vms(), result.vmId!))).toBe(false);
+  }, 10 * MINUTE);
+
+  it('Ctrl-C at `prewarm task run` cancels the task: exit 130, recorded cancelled, no VM left', async () => {
+    const child = execa('node', ['--import', 'tsx', 'src/cli/main.ts', 'task', 'run', join(work, 'task-env.yaml'), '--', 'sleep 60'],
+      { reject: false, all: true });
+    let sent = false;
+    child.stderr!.on('data', (chunk: Buffer) => {
+      if (!sent && chunk.toString().includes('prewarm: running: sleep 60')) {
+        sent = true;
+        setTimeout(() => child.kill('SIGINT'), 1_000);
+      }
+    });
+    const out = await child;
+
+    expect(sent, out.all).toBe(true);
+    expect(out.exitCode, out.all).toBe(130);
+    expect(out.stderr).toContain('prewarm: SIGINT: cancelling the task');
+    const line = out.stdout.split('\n').find((l) => l.startsWith('task task-'));
+    expect(line, out.all).toMatch(/^task (task-[0-9a-f]+) on task-env: cancelled — task \S+ cancelled while running "sleep 60": cancelled by SIGINT to prewarm task run$/);
+    const taskId = /^task (task-[0-9a-f]+)/.exec(line!)![1];
+    const state = openState();
+    try {
+      const stored = await state.tasks.get(taskId);
+      expect(stored?.status).toBe('cancelled');
+      expect(stored?.vmId).toMatch(/^vm-/);
+      expect(existsSync(join(paths.vms(), stored!.vmId!))).toBe(false);
+    } finally {
+      state.close();
+    }
+  }, 10 * MINUTE);
 
   it('the VM dies in the middle of a task: status error naming the VM, and nothing left behind', async () => {
     let killedAt = 0;

@@ -5,7 +5,7 @@ import { openState } from '../../state/db.js';
 import { submitAndRun } from '../../task/record.js';
 import { budgetedVmSource } from '../../pool/source.js';
 import type { TaskResult } from '../../task/types.js';
-import { InputError, NotFoundError } from '../../util/errors.js';
+import { CancelledError, InputError, NotFoundError } from '../../util/errors.js';
 import { shellQuote } from '../../guest/guest.js';
 import { mib, report, table } from '../output.js';
 import { globals } from '../globals.js';
@@ -69,6 +69,16 @@ export function registerTask(program: Command): void {
       }
       const { spec } = await specFor(envArg);
       const state = openState();
+      // Ctrl-C or SIGTERM cancels the task (its VM is destroyed, it is recorded cancelled);
+      // a second one quits at once (the VM still dies with this process).
+      const cancel = new AbortController();
+      const onSignal = (sig: NodeJS.Signals) => {
+        if (cancel.signal.aborted) process.exit(130);
+        process.stderr.write(`prewarm: ${sig}: cancelling the task (again to quit at once)\n`);
+        cancel.abort(new CancelledError(`cancelled by ${sig} to prewarm task run`));
+      };
+      process.on('SIGINT', onSignal);
+      process.on('SIGTERM', onSignal);
       try {
         const live = !g.json && !opts.diffOnly;
         const result = await submitAndRun(state, spec, {
@@ -78,6 +88,7 @@ export function registerTask(program: Command): void {
           onOutput: live ? (chunk) => process.stdout.write(chunk) : undefined,
           onEvent: live ? (m) => process.stderr.write(`prewarm: ${m}\n`) : undefined,
           vmSource: budgetedVmSource({ onWait: (m) => process.stderr.write(`prewarm: ${m}\n`) }),
+          signal: cancel.signal,
         });
         if (!result) return;
         if (opts.diffOnly) process.stdout.write(result.diff?.patchBytes ?? '');
@@ -87,8 +98,10 @@ export function registerTask(program: Command): void {
           process.stdout.write(`\n${renderResult(result)}\n`);
           if (result.diff?.patchBytes?.length) process.stdout.write(Buffer.concat([Buffer.from('\n'), result.diff.patchBytes]));
         }
-        process.exitCode = result.status === 'succeeded' ? 0 : 2;
+        process.exitCode = result.status === 'succeeded' ? 0 : result.status === 'cancelled' ? 130 : 2;
       } finally {
+        process.off('SIGINT', onSignal);
+        process.off('SIGTERM', onSignal);
         state.close();
       }
     });
