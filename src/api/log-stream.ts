@@ -19,19 +19,47 @@ export function logEntry(chunk: LogChunk): LogEntry {
 
 /**
  * Task logs as server-sent events. A stream replays the stored chunks after `afterSeq`, then
- * polls the state store every `pollMs` for new ones, and ends with an `end` event once the
+ * reads new ones as soon as this process appends them or its task ends (notify), and every
+ * `pollMs` for what other processes append; it ends with an `end` event once the
  * task has ended and its runner in this service has let go of it (so the last chunks are
  * in). Chunks come from the state store, so a task run by another process can be followed
  * too.
  */
 export class LogStreams {
   private readonly open = new Set<ServerResponse>();
+  private readonly waiting = new Map<string, Set<() => void>>();
+  private readonly unsubscribe: () => void;
 
   constructor(
     private readonly state: StateStore,
     private readonly isActive: (taskId: string) => boolean,
     private readonly pollMs = 200,
-  ) {}
+  ) {
+    this.unsubscribe = state.taskLogs.onAppend((taskId) => this.notify(taskId));
+  }
+
+  /** Something changed for `taskId` (a chunk, its end): its streams look now. */
+  notify(taskId: string): void {
+    const wakers = this.waiting.get(taskId);
+    this.waiting.delete(taskId);
+    for (const wake of wakers ?? []) wake();
+  }
+
+  /** Until notify(taskId), or pollMs at most. */
+  private pause(taskId: string): Promise<void> {
+    return new Promise((resolve) => {
+      const wakers = this.waiting.get(taskId) ?? new Set();
+      this.waiting.set(taskId, wakers);
+      const wake = () => {
+        clearTimeout(timer);
+        wakers.delete(wake);
+        if (wakers.size === 0 && this.waiting.get(taskId) === wakers) this.waiting.delete(taskId);
+        resolve();
+      };
+      const timer = setTimeout(wake, this.pollMs);
+      wakers.add(wake);
+    });
+  }
 
   async serve(reply: FastifyReply, taskId: string, afterSeq: number): Promise<void> {
     reply.hijack();
@@ -69,7 +97,7 @@ export class LogStreams {
           await write(res, ': keepalive\n\n');
           lastWriteMs = Date.now();
         }
-        await new Promise((resolve) => setTimeout(resolve, this.pollMs));
+        await this.pause(taskId);
       }
     } finally {
       this.open.delete(res);
@@ -79,8 +107,10 @@ export class LogStreams {
 
   /** End every open stream (shutdown); clients resume with Last-Event-ID elsewhere. */
   closeAll(): void {
+    this.unsubscribe();
     for (const res of this.open) res.end();
     this.open.clear();
+    for (const taskId of [...this.waiting.keys()]) this.notify(taskId);
   }
 }
 

@@ -61,6 +61,7 @@ export async function startService(opts: ServiceOptions = {}): Promise<Service> 
   try {
     const { token, created } = await loadOrCreateToken();
     const metrics = new ServiceMetrics(state);
+    let api: Api | undefined;
     await metrics.seed();
     const queue = new TaskQueue({
       state,
@@ -68,9 +69,12 @@ export async function startService(opts: ServiceOptions = {}): Promise<Service> 
       concurrency: opts.concurrency ?? DEFAULTS.concurrency,
       admit: opts.admit,
       pollMs: opts.queuePollMs,
-      onSettled: (id) => void metrics.observeId(id).catch(() => {}),
+      onSettled: (id) => {
+        void metrics.observeId(id).catch(() => {});
+        api?.streams.notify(id);
+      },
     });
-    const api = buildApp({
+    api = buildApp({
       state, token, queue, envOps: opts.envOps, metrics, logPollMs: opts.logPollMs,
       draining: () => draining,
     });

@@ -14,6 +14,7 @@ import { SnapshotStore } from '../snapshot/store.js';
 import { restoreReady, type ReadyVm } from '../task/acquire.js';
 import { describeMachine, hostAvailableBytes, pssBytes, type Machine } from './machine.js';
 import { measureLoadvm } from './loadvm.js';
+import { measureApiOverhead } from './api.js';
 import { percentile, series, timeMs, type Series } from './stats.js';
 import { latencySvg } from './svg.js';
 
@@ -38,6 +39,8 @@ export interface BenchReport {
   memory: { tierBytes: number; idleCloneRssBytes: number; idleClonePssBytes: number; guestUsedBytes: number;
     oneCloneHostBytes: number; tenClonesHostBytes: number; clones: number; returnAfterDestroyMs: number[] };
   density: { budgetBytes: number; perCloneBytes: number; clonesInBudget: number };
+  /** Task submission to first command running: the HTTP service against the library. */
+  api: { overheadP50Ms: number } | null;
   ratios: Record<string, number>;
 }
 
@@ -151,6 +154,12 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchReport> {
     return [] as number[];
   });
 
+  say(`task submission to first command, library and HTTP API alternating, ${rounds} rounds each`);
+  const api = await measureApiOverhead(spec, specPath, rounds).catch((err: Error) => {
+    say(`API overhead not measured: ${err.message}`);
+    return null;
+  });
+
   say(`idle memory: 1 clone, then ${clones} clones`);
   // Host memory is counted as the clones' proportional set size (shared snapshot pages split
   // among the processes that map them): MemAvailable deltas drown in whatever else runs.
@@ -179,6 +188,11 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchReport> {
     loadvm: series('QEMU loadvm to first command', loadvm),
     memoryReturn: series('host memory back after destroy', returnMs),
     ...(pool.length > 0 ? { pool: series('pool hand-out to first command', pool) } : {}),
+    ...(api ? {
+      submitLibrary: series('submit to first command (library)', api.library),
+      submitApi: series('submit to first command (HTTP API)', api.api),
+      submitApiStored: series('submit to first output stored (API)', api.apiStored),
+    } : {}),
   };
   const report: BenchReport = {
     startedAt, machine: await describeMachine(), accel, env: spec.name, rounds, series: s,
@@ -194,11 +208,13 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchReport> {
       returnAfterDestroyMs: returnMs,
     },
     density: { budgetBytes, perCloneBytes, clonesInBudget: Math.floor(budgetBytes / perCloneBytes) },
+    api: s.submitApi && s.submitLibrary ? { overheadP50Ms: s.submitApi.p50 - s.submitLibrary.p50 } : null,
     ratios: {
       coldStartOverRestoreToFirstCommand: coldStartMs / s.restoreToFirstCommand.p50,
       loadvmOverRestoreToFirstCommand: s.loadvm.p50 / s.restoreToFirstCommand.p50,
       clonesMemoryOverOne: tenClonesHostBytes / Math.max(1, oneCloneHostBytes),
       ...(pool.length > 0 ? { restoreToFirstCommandOverPool: s.restoreToFirstCommand.p50 / percentile(pool, 50) } : {}),
+      ...(s.submitApi && s.submitLibrary ? { apiOverLibrary: s.submitApi.p50 / s.submitLibrary.p50 } : {}),
     },
   };
   if (opts.jsonPath) {

@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events';
 import type { Database, Statement, Transaction } from 'better-sqlite3';
 import { fromJson, toBytes, toDate, toJson, isSqliteError, type ClockMs } from './sql.js';
 import { NotFoundError } from '../util/errors.js';
@@ -38,6 +39,9 @@ export interface TaskLogStore {
   read(taskId: string, afterSeq?: number, limit?: number): Promise<LogChunk[]>;
   /** Store (or replace) a task's diff. */
   putDiff(taskId: string, diff: DiffInput): Promise<void>;
+  /** Call `listener` after each append made through this store, in this process (appends by
+   * other processes are seen only by reading); returns the unsubscribe. */
+  onAppend(listener: (taskId: string) => void): () => void;
   getDiff(taskId: string): Promise<TaskDiff | undefined>;
 }
 
@@ -49,6 +53,7 @@ interface ChunkRow {
 }
 
 export class SqliteTaskLogs implements TaskLogStore {
+  private readonly appended = new EventEmitter().setMaxListeners(0);
   private readonly readStmt: Statement;
   private readonly putDiffStmt: Statement;
   private readonly getDiffStmt: Statement;
@@ -80,10 +85,17 @@ export class SqliteTaskLogs implements TaskLogStore {
 
   async append(taskId: string, stream: LogStream, data: LogData): Promise<number> {
     try {
-      return this.appendTx.immediate(taskId, stream, toBytes(data));
+      const seq = this.appendTx.immediate(taskId, stream, toBytes(data));
+      this.appended.emit('append', taskId);
+      return seq;
     } catch (err) {
       throw this.translate(err, taskId);
     }
+  }
+
+  onAppend(listener: (taskId: string) => void): () => void {
+    this.appended.on('append', listener);
+    return () => this.appended.off('append', listener);
   }
 
   async read(taskId: string, afterSeq = 0, limit = 1000): Promise<LogChunk[]> {

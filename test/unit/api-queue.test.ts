@@ -118,6 +118,28 @@ describe('task queue', () => {
     expect(wrong).toMatchObject({ status: 401, code: 'UNAUTHORIZED' });
   });
 
+  it('a log stream gets chunks and the end as they happen in the service, not at its next poll', async () => {
+    const runner: TaskRunner = {
+      async run(task) {
+        for (const text of ['one\n', 'two\n']) {
+          await new Promise((r) => setTimeout(r, 300));
+          await service!.state.taskLogs.append(task.id, 'output', text);
+        }
+        await service!.state.tasks.markFinished(task.id, 'succeeded', {});
+      },
+    };
+    // A poll once a minute: only the in-process wake-ups can end this stream in time.
+    service = await startService({ port: 0, runner, concurrency: 1, queuePollMs: 50, logPollMs: 60_000 });
+    const api = client(service);
+    await api.createEnvironment({ spec: SPEC });
+    const startedAt = Date.now();
+    const task = await api.createTask({ envName: 'web', commands: ['true'] });
+    const chunks: string[] = [];
+    for await (const chunk of api.streamLog(task.id)) chunks.push(String(chunk));
+    expect(chunks).toEqual(['one\n', 'two\n']);
+    expect(Date.now() - startedAt).toBeLessThan(20_000);
+  }, 40_000);
+
   it('cancels a running task: marked cancelled, its runner aborted, the slot freed', async () => {
     const { runner, stats } = fakeRunner(() => service!.state, 60_000);
     const s = await start(runner, 1);

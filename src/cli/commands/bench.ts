@@ -35,6 +35,9 @@ export function renderBench(r: BenchReport): string {
     `  ${r.memory.clones} clones / 1 clone host memory:      ${r.ratios.clonesMemoryOverOne.toFixed(2)}x`,
     ...(r.ratios.restoreToFirstCommandOverPool
       ? [`  restore / pool hand-out:                ${r.ratios.restoreToFirstCommandOverPool.toFixed(1)}x`] : []),
+    ...(r.api && r.ratios.apiOverLibrary
+      ? [`  API / library, submit to first command: ${r.ratios.apiOverLibrary.toFixed(2)}x ` +
+        `(API overhead ${sec(r.api.overheadP50Ms)} at p50)`] : []),
   ];
   return lines.join('\n');
 }
