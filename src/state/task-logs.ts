@@ -39,7 +39,7 @@ export interface TaskLogStore {
   read(taskId: string, afterSeq?: number, limit?: number): Promise<LogChunk[]>;
   /** Store (or replace) a task's diff. */
   putDiff(taskId: string, diff: DiffInput): Promise<void>;
-  /** Call `listener` after each append made through this store, in this process (appends by
+  /** Call `listener` after each append made in this process, through any store (appends by
    * other processes are seen only by reading); returns the unsubscribe. */
   onAppend(listener: (taskId: string) => void): () => void;
   getDiff(taskId: string): Promise<TaskDiff | undefined>;
@@ -52,8 +52,10 @@ interface ChunkRow {
   at: number;
 }
 
+/** Appends through any store in this process (a runner and the service may each open one). */
+const appended = new EventEmitter().setMaxListeners(0);
+
 export class SqliteTaskLogs implements TaskLogStore {
-  private readonly appended = new EventEmitter().setMaxListeners(0);
   private readonly readStmt: Statement;
   private readonly putDiffStmt: Statement;
   private readonly getDiffStmt: Statement;
@@ -86,7 +88,7 @@ export class SqliteTaskLogs implements TaskLogStore {
   async append(taskId: string, stream: LogStream, data: LogData): Promise<number> {
     try {
       const seq = this.appendTx.immediate(taskId, stream, toBytes(data));
-      this.appended.emit('append', taskId);
+      appended.emit('append', taskId);
       return seq;
     } catch (err) {
       throw this.translate(err, taskId);
@@ -94,8 +96,8 @@ export class SqliteTaskLogs implements TaskLogStore {
   }
 
   onAppend(listener: (taskId: string) => void): () => void {
-    this.appended.on('append', listener);
-    return () => this.appended.off('append', listener);
+    appended.on('append', listener);
+    return () => appended.off('append', listener);
   }
 
   async read(taskId: string, afterSeq = 0, limit = 1000): Promise<LogChunk[]> {
