@@ -1,4 +1,4 @@
-import { Command } from 'commander';
+import { Command, Option } from 'commander';
 import { setLogLevel } from '../util/log.js';
 import { printError } from './output.js';
 import { globals } from './globals.js';
@@ -18,10 +18,15 @@ program
   .description('run coding tasks in microVMs restored from pre-warmed snapshots')
   .option('--json', 'print results as JSON')
   .option('-v, --verbose', 'log every step to stderr')
+  .addOption(new Option('--remote <url>', 'talk to a `prewarm serve` at URL (env, task commands); ' +
+    'token from PREWARM_TOKEN or --token-file').env('PREWARM_REMOTE'))
+  .addOption(new Option('--token-file <file>', 'the service\'s API token file (default: PREWARM_HOME/api-token)')
+    .env('PREWARM_TOKEN_FILE'))
   .hook('preAction', async () => {
     const g = globals(program);
     setLogLevel(process.env.PREWARM_LOG_LEVEL ?? (g.verbose ? 'debug' : 'error'));
-    await reapLeftovers();
+    // A remote command runs nothing here, so there is nothing of this host to tidy.
+    if (!program.opts().remote) await reapLeftovers();
   });
 
 registerImage(program);

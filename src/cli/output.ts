@@ -1,3 +1,4 @@
+import { PrewarmApiError } from '../sdk/client.js';
 import { PrewarmError, errorMessage } from '../util/errors.js';
 
 /** What a command reports: JSON with --json, else the human rendering. */
@@ -19,12 +20,14 @@ export function mib(bytes: number | null | undefined): string {
 
 /** Print an error the way users should see it: the message, and the code with --json. */
 export function printError(err: unknown, json: boolean): void {
-  const code = err instanceof PrewarmError ? err.code : 'INTERNAL';
+  // The service's errors (the SDK's PrewarmApiError) carry a code and a message meant for users.
+  const api = err instanceof PrewarmApiError;
+  const code = err instanceof PrewarmError || api ? err.code : 'INTERNAL';
   if (json) {
     process.stdout.write(JSON.stringify({ error: { code, message: errorMessage(err) } }, null, 2) + '\n');
   } else {
     process.stderr.write(`prewarm: ${errorMessage(err)}\n`);
-    if (!(err instanceof PrewarmError) && err instanceof Error && err.stack) {
+    if (!(err instanceof PrewarmError) && !api && err instanceof Error && err.stack) {
       process.stderr.write(`${err.stack}\n`);
     }
   }

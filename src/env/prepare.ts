@@ -12,6 +12,8 @@ import { GUEST_RESERVE_MIB } from '../task/reserve.js';
 import { PrepareError } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import { createProgress } from '../util/progress.js';
+import { withFileLock } from '../util/file-lock.js';
+import { paths } from '../util/paths.js';
 import { resolveEnv, type ResolvedEnv } from './inputs.js';
 import { cloneIntoGuest, guestRepoDir, scrubSecrets } from './guest-setup.js';
 import { resolveSecrets, resolveTier, type EnvSpec } from './spec.js';
@@ -21,6 +23,9 @@ const BOOT_TIMEOUT_MS = 120_000;
 const SETUP_TIMEOUT_MS = 60 * 60_000;
 const RUNTIME_TIMEOUT_MS = 20 * 60_000;
 const OUTPUT_TAIL_LINES = 30;
+/** A prepare waits this long for another prepare of the same environment (its setup may
+ * take up to SETUP_TIMEOUT_MS, its runtime install RUNTIME_TIMEOUT_MS). */
+const PREPARE_LOCK_WAIT_MS = 2 * 60 * 60_000;
 
 export interface PrepareOptions {
   /** Build a new snapshot even when a fresh one exists. */
@@ -61,74 +66,93 @@ export async function prepareEnv(spec: EnvSpec, opts: PrepareOptions = {}): Prom
   const secrets = resolveSecrets(spec);
   const env = await timed('resolve', () => resolveEnv(spec, { quiet: opts.quiet }));
   const store = await SnapshotStore.open();
-  const fresh = opts.force ? null : await findFresh(store, spec.name, env.cacheKey);
-  if (fresh) {
+  const cacheHit = async (): Promise<PrepareResult | null> => {
+    const fresh = opts.force ? null : await findFresh(store, spec.name, env.cacheKey);
+    if (!fresh) return null;
     log.info({ snapshotId: fresh.id }, 'prepare: cache hit');
     return {
       envName: spec.name, snapshotId: fresh.id, cacheHit: true, cacheKey: env.cacheKey,
       commit: env.commit, agentsMd: env.agentsMd, timingsMs: timings, sizes: null,
     };
-  }
+  };
+  const hit = await cacheHit();
+  if (hit) return hit;
 
-  const progress = createProgress(`prepare ${spec.name}`, 6, opts.quiet);
-  // Work happens in a temporary entry of the store's cache (tmpName carries our pid): a
-  // prepare killed at any point leaves only that, which the next SnapshotStore.open() reaps;
-  // and the finished engine directory becomes the local copy by a rename in one directory.
-  const work = join(store.cacheDir, tmpName(`prepare-${spec.name}`));
-  await mkdir(work, { recursive: true });
-  let vm: Vm | undefined;
-  try {
-    const tier = resolveTier(spec.tier);
-    progress.step('boot');
-    vm = await timed('boot', async () => Vm.boot(vmConfig(env.image, tier, { network: spec.network.setup, detached: false })));
-    let guest = await timed('boot', () => waitForGuest(vm!, BOOT_TIMEOUT_MS));
+  // One build per environment at a time, across processes: a second prepare (another task
+  // that found the snapshot stale, the CLI beside the service) waits, then finds the first
+  // one's snapshot fresh instead of building the same thing again.
+  return withFileLock(join(paths.locks(), `prepare-${spec.name}`), async () => {
+    return (await cacheHit()) ?? build();
+  }, {
+    timeoutMs: PREPARE_LOCK_WAIT_MS, retryMs: 500,
+    onWait: (pid) => {
+      const message = `another prepare of ${spec.name} (pid ${pid ?? '?'}) is running; waiting for it`;
+      log.info({ holderPid: pid }, message);
+      if (!opts.quiet) process.stderr.write(`prewarm: ${message}\n`);
+    },
+  });
 
-    progress.step('clone');
-    await timed('clone', async () => {
-      const bundle = spec.repository.path ? join(work, 'repo.bundle') : null;
-      if (bundle) await env.repo.createBundle(env.commit, bundle);
-      await cloneIntoGuest(guest, env, bundle);
-    });
+  async function build(): Promise<PrepareResult> {
+    const progress = createProgress(`prepare ${spec.name}`, 6, opts.quiet);
+    // Work happens in a temporary entry of the store's cache (tmpName carries our pid): a
+    // prepare killed at any point leaves only that, which the next SnapshotStore.open() reaps;
+    // and the finished engine directory becomes the local copy by a rename in one directory.
+    const work = join(store.cacheDir, tmpName(`prepare-${spec.name}`));
+    await mkdir(work, { recursive: true });
+    let vm: Vm | undefined;
+    try {
+      const tier = resolveTier(spec.tier);
+      progress.step('boot');
+      vm = await timed('boot', async () => Vm.boot(vmConfig(env.image, tier, { network: spec.network.setup, detached: false })));
+      let guest = await timed('boot', () => waitForGuest(vm!, BOOT_TIMEOUT_MS));
 
-    progress.step('runtime');
-    await timed('runtime', () => installRuntimes(guest, env, tier.memoryMiB, opts.onOutput));
+      progress.step('clone');
+      await timed('clone', async () => {
+        const bundle = spec.repository.path ? join(work, 'repo.bundle') : null;
+        if (bundle) await env.repo.createBundle(env.commit, bundle);
+        await cloneIntoGuest(guest, env, bundle);
+      });
 
-    progress.step('setup');
-    await timed('setup', () => runSetup(guest, env, secrets, tier.memoryMiB, opts.onOutput));
-    if (Object.keys(secrets).length > 0) {
-      guest = await timed('scrub', () => scrubSecrets(guest, vm!.files.agentSocket, vm!.files.serialLog));
+      progress.step('runtime');
+      await timed('runtime', () => installRuntimes(guest, env, tier.memoryMiB, opts.onOutput));
+
+      progress.step('setup');
+      await timed('setup', () => runSetup(guest, env, secrets, tier.memoryMiB, opts.onOutput));
+      if (Object.keys(secrets).length > 0) {
+        guest = await timed('scrub', () => scrubSecrets(guest, vm!.files.agentSocket, vm!.files.serialLog));
+      }
+
+      progress.step('snapshot');
+      const engineDir = join(work, 'engine');
+      await timed('snapshot', async () => {
+        await guest.prepareForSnapshot();
+        await guest.agent.close();
+        await snapshotVm(vm!, engineDir);
+      });
+
+      progress.step('compress');
+      const stored = await timed('compress', () => store.put(engineDir, {
+        envName: spec.name, cacheKey: env.cacheKey, inputs: { ...env.inputs }, agentsMd: env.agentsMd,
+      }));
+      // The uncompressed copy is exactly what restores map: keep it as the local cache.
+      await rename(engineDir, join(store.cacheDir, stored.id)).catch(() => rm(engineDir, { recursive: true, force: true }));
+      progress.done();
+
+      const rawBytes = stored.rawSizeBytes;
+      const compressedBytes = stored.compressedSizeBytes;
+      log.info({ snapshotId: stored.id, timings }, 'prepare: snapshot stored');
+      return {
+        envName: spec.name, snapshotId: stored.id, cacheHit: false, cacheKey: env.cacheKey,
+        commit: env.commit, agentsMd: env.agentsMd, timingsMs: timings,
+        sizes: { rawBytes, compressedBytes, ratio: compressedBytes > 0 ? rawBytes / compressedBytes : 0 },
+      };
+    } catch (err) {
+      progress.done();
+      throw err;
+    } finally {
+      await vm?.destroy().catch(() => {});
+      await rm(work, { recursive: true, force: true });
     }
-
-    progress.step('snapshot');
-    const engineDir = join(work, 'engine');
-    await timed('snapshot', async () => {
-      await guest.prepareForSnapshot();
-      await guest.agent.close();
-      await snapshotVm(vm!, engineDir);
-    });
-
-    progress.step('compress');
-    const stored = await timed('compress', () => store.put(engineDir, {
-      envName: spec.name, cacheKey: env.cacheKey, inputs: { ...env.inputs }, agentsMd: env.agentsMd,
-    }));
-    // The uncompressed copy is exactly what restores map: keep it as the local cache.
-    await rename(engineDir, join(store.cacheDir, stored.id)).catch(() => rm(engineDir, { recursive: true, force: true }));
-    progress.done();
-
-    const rawBytes = stored.rawSizeBytes;
-    const compressedBytes = stored.compressedSizeBytes;
-    log.info({ snapshotId: stored.id, timings }, 'prepare: snapshot stored');
-    return {
-      envName: spec.name, snapshotId: stored.id, cacheHit: false, cacheKey: env.cacheKey,
-      commit: env.commit, agentsMd: env.agentsMd, timingsMs: timings,
-      sizes: { rawBytes, compressedBytes, ratio: compressedBytes > 0 ? rawBytes / compressedBytes : 0 },
-    };
-  } catch (err) {
-    progress.done();
-    throw err;
-  } finally {
-    await vm?.destroy().catch(() => {});
-    await rm(work, { recursive: true, force: true });
   }
 }
 

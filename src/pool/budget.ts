@@ -7,7 +7,7 @@ import { BudgetError, InputError, throwIfCancelled } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import { prewarmHome } from '../util/paths.js';
 import { isEvictable, vmCharges, vmDirOf, writeRole, type RoleInput, type VmCharge, type VmRole } from './charges.js';
-import { withFileLock } from './lock.js';
+import { withFileLock } from '../util/file-lock.js';
 import { Waiters } from './waiters.js';
 
 const GiB = 2 ** 30;

@@ -220,6 +220,10 @@ export class PrewarmClient {
         ...headers,
       },
       body: body === undefined ? undefined : JSON.stringify(body),
+    }).catch((err: Error & { cause?: { code?: string; message?: string } }) => {
+      const why = err.cause?.code ?? err.cause?.message ?? err.message;
+      throw new PrewarmApiError(0, 'UNREACHABLE', `cannot reach the prewarm service at ${this.baseUrl} (${why}); ` +
+        'check the URL and that `prewarm serve` runs there');
     });
     if (res.ok) return res;
     const text = await res.text();

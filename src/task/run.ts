@@ -82,6 +82,8 @@ export async function runTask(spec: EnvSpec, req: TaskRequest, opts: RunTaskOpti
   const timings: Record<string, number> = {};
   const signal = opts.signal;
   throwIfCancelled(signal);
+  // A bad ref is bad input: refused before any snapshot is chosen or VM started.
+  const commit = req.commit ? await HostRepo.forSpec(spec).resolveRef(req.commit) : undefined;
   const store = await SnapshotStore.open();
   const t0 = performance.now();
   const { snapshotId, prepareMs } = await chooseSnapshot(spec, req, store, say);
@@ -124,10 +126,10 @@ export async function runTask(spec: EnvSpec, req: TaskRequest, opts: RunTaskOpti
     }), cancelled]);
     died.catch(() => {});
 
-    if (req.commit) {
+    if (commit) {
       doing = `checking out ${req.commit}`;
       const t = performance.now();
-      result.baseCommit = await Promise.race([checkout(ready.guest, spec, req.commit), died]);
+      result.baseCommit = await Promise.race([checkout(ready.guest, spec, commit), died]);
       timings.checkout = Math.round(performance.now() - t);
     }
 
@@ -216,11 +218,10 @@ function exitedWithin(exited: Promise<unknown>, ms: number): Promise<boolean> {
   ]).finally(() => clearTimeout(timer));
 }
 
-/** Check out a commit in the guest, shipping it from the host's mirror when the snapshot
- * does not have it (tasks usually have no network). Returns the full commit id. */
-async function checkout(guest: Guest, spec: EnvSpec, ref: string): Promise<string> {
+/** Check out `commit` (a full id the host's mirror has) in the guest, shipping it from the
+ * mirror when the snapshot does not have it (tasks usually have no network). Returns it. */
+async function checkout(guest: Guest, spec: EnvSpec, commit: string): Promise<string> {
   const repo = HostRepo.forSpec(spec);
-  const commit = await repo.resolveRef(ref);
   const dir = guestRepoDir(spec.name);
   const has = await guest.run(`git cat-file -e ${commit}^{commit}`, { timeoutMs: 30_000, cwd: dir });
   if (has.exitCode !== 0) {

@@ -22,4 +22,6 @@ export const paths = {
   hostProbes: () => join(prewarmHome(), 'cache', 'host'),
   database: () => join(prewarmHome(), 'state.db'),
   tmp: () => join(prewarmHome(), 'tmp'),
+  /** Cross-process locks (a file per lock; a dead holder's file is free at once). */
+  locks: () => join(prewarmHome(), 'locks'),
 };

@@ -24,7 +24,7 @@ import { TINY_TIER, commitFiles, makeRepo, vmDirsOwnedBy, writeSpec } from './ti
  */
 
 const MINUTE = 60_000;
-const OWN_ENVS = ['lockfile-env', 'secret-env', 'killed-env', 'failing-env', 'ref-env'];
+const OWN_ENVS = ['lockfile-env', 'secret-env', 'killed-env', 'failing-env', 'ref-env', 'twin-env', 'node22-env'];
 
 let work: string;
 let store: SnapshotStore;
@@ -150,6 +150,54 @@ describe('env prepare (real QEMU)', () => {
     expect(await envStatus(spec, store)).toMatchObject({ state: 'fresh', snapshotId: rebuilt.snapshotId });
     // The old snapshot is kept (until gc), still valid, just not fresh.
     expect((await store.list({ envName: 'lockfile-env' })).map((s) => s.id)).toEqual([rebuilt.snapshotId, first.snapshotId]);
+  }, 30 * MINUTE);
+
+  it('two prepares of one environment at once, in two processes: one builds, the other waits and takes its snapshot', async () => {
+    const repo = join(work, 'twin-repo');
+    await makeRepo(repo, { 'README.md': 'twin test\n' });
+    const specFile = join(work, 'twin-env.yaml');
+    const spec = await writeSpec(specFile, tinyFields('twin-env', repo, { setup: 'sleep 5' }));
+
+    const child = execa('npx', ['tsx', 'test/vm/fixtures/prepare-env.ts', specFile], { reject: false });
+    const lock = join(paths.locks(), 'prepare-twin-env');
+    for (let i = 0; i < 1200 && !existsSync(lock) && child.exitCode === null; i++) await new Promise((r) => setTimeout(r, 100));
+    expect(existsSync(lock), 'the other process took the prepare lock').toBe(true);
+
+    const mine = await prepareEnv(spec, { quiet: true });
+    const theirs = await child;
+    const done = theirs.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { done?: string }).find((e) => e.done);
+    expect(done?.done, theirs.stderr).toMatch(/^snap-/);
+    expect(mine).toMatchObject({ cacheHit: true, snapshotId: done!.done });
+    expect((await store.list({ envName: 'twin-env' })).map((s) => s.id)).toEqual([done!.done]);
+    expect(existsSync(lock)).toBe(false);
+  }, 20 * MINUTE);
+
+  it('installs the Node.js release that .nvmrc asks for; setup and tasks run on it with a matching npm', async () => {
+    const repo = join(work, 'node22-repo');
+    await makeRepo(repo, { '.nvmrc': '22\n', 'README.md': 'node runtime test\n' });
+    // The setup writes what it ran on into an ignored file, so the task can read it back.
+    const spec = await writeSpec(join(work, 'node22-env.yaml'), tinyFields('node22-env', repo, {
+      setup: 'mkdir -p .seen && echo "setup $(node --version)" > .seen/setup.txt && echo ".seen/" >> .git/info/exclude',
+      network: { setup: true },
+    }));
+    const prepared = await prepareEnv(spec, { quiet: true });
+    expect(prepared.cacheHit).toBe(false);
+    const inputs = (await store.get(prepared.snapshotId)).manifest.inputs as { runtimes?: Record<string, string> };
+    expect(JSON.stringify(inputs.runtimes)).toMatch(/22\.\d+\.\d+/);
+
+    let output = '';
+    const result = await runTask(spec, {
+      envName: spec.name, noRebuild: true,
+      commands: ['cat .seen/setup.txt && node --version && npm --version && npm exec -- node -p process.version'],
+    }, { onOutput: (chunk) => { output += chunk.toString(); }, onVm: (id) => taskVms.push(id) });
+    expect(result.status, `${result.message}\n${output}`).toBe('succeeded');
+    const lines = output.trim().split('\n');
+    expect(lines[0]).toMatch(/^setup v22\.\d+\.\d+$/);
+    expect(lines[1]).toBe(lines[0].replace('setup ', ''));
+    // npm 10 or 11: what this node release supports (npmMajorFor), not Debian's npm 9.
+    expect(lines[2]).toMatch(/^1[01]\.\d+\.\d+$/);
+    expect(lines[3]).toBe(lines[1]);
+    expect(result.diff?.stats.filesChanged).toBe(0);
   }, 30 * MINUTE);
 
   it('a secret given to the setup script is in neither the memory nor the disk of the snapshot', async () => {

@@ -238,6 +238,13 @@ describe('task run (real QEMU)', () => {
     });
   }, 15 * MINUTE);
 
+  it('a commit that does not exist is refused before any VM starts', async () => {
+    const err = await runTask(tiny, { envName: tiny.name, commit: 'no-such-branch', commands: ['true'], noRebuild: true },
+      tracking()).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'REF_NOT_FOUND', message: expect.stringContaining('ref "no-such-branch" was not found') });
+    expect(vms).toEqual([]);
+  });
+
   it('a cancelled task stops in the middle of its command: status cancelled, its VM destroyed', async () => {
     const cancel = new AbortController();
     let cancelledAt = 0;

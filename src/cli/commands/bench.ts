@@ -14,9 +14,9 @@ export function renderBench(r: BenchReport): string {
     `prewarm bench — ${r.startedAt}, ${r.accel.toUpperCase()}, ${r.machine.cpuModel} × ${r.machine.cores}, ` +
       `${mib(r.machine.memoryBytes)}, QEMU ${r.machine.qemu}, env ${r.env}`,
     '',
-    'latency                            p50        p95        n',
+    'latency                                  p50        p95        n',
     ...Object.values(r.series).map((s) =>
-      `  ${s.name.padEnd(32)} ${sec(s.p50).padStart(8)}   ${sec(s.p95).padStart(8)}   ${String(s.samples.length).padStart(3)}`),
+      `  ${s.name.padEnd(38)} ${sec(s.p50).padStart(8)}   ${sec(s.p95).padStart(8)}   ${String(s.samples.length).padStart(3)}`),
     '',
     `cold start (boot + clone + setup): ${sec(r.prepare.coldStartMs)}  ` +
       `[${Object.entries(r.prepare.timingsMs).map(([k, v]) => `${k} ${sec(v)}`).join(', ')}]`,

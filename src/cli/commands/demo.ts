@@ -6,7 +6,7 @@ import { loadSpec } from '../../env/spec.js';
 import { prepareEnv } from '../../env/prepare.js';
 import { openState } from '../../state/db.js';
 import { submitAndRun } from '../../task/record.js';
-import { renderResult } from './task.js';
+import { renderResult } from '../render.js';
 import { globals } from '../globals.js';
 
 /** The change the demo's second task makes: a doc comment edit and a new test. */

@@ -8,6 +8,7 @@ import { openState } from '../../state/db.js';
 import { InputError } from '../../util/errors.js';
 import { mib, report, table } from '../output.js';
 import { globals } from '../globals.js';
+import { remoteEnvLs, remoteEnvPrepare, remoteEnvStatus, remoteOf } from '../remote.js';
 
 export function registerEnv(program: Command): void {
   const env = program.command('env').description('environments: a repository prepared once and snapshotted');
@@ -18,6 +19,8 @@ export function registerEnv(program: Command): void {
     .option('--force', 'build a new snapshot even when a fresh one exists')
     .action(async (nameOrPath: string, opts: { force?: boolean }) => {
       const g = globals(program);
+      const remote = await remoteOf(program);
+      if (remote) return remoteEnvPrepare(remote, g.json, nameOrPath, !!opts.force);
       const { spec, specPath } = await specFor(nameOrPath);
       const result = await prepareEnv(spec, {
         force: opts.force, quiet: g.json,
@@ -45,6 +48,8 @@ export function registerEnv(program: Command): void {
     .argument('<env>', 'environment name or spec file')
     .action(async (nameOrPath: string) => {
       const g = globals(program);
+      const remote = await remoteOf(program);
+      if (remote) return remoteEnvStatus(remote, g.json, nameOrPath);
       const { spec } = await specFor(nameOrPath);
       const status = await envStatus(spec, await SnapshotStore.open());
       report(g.json, status, () => [`${status.envName}: ${status.state}` +
@@ -57,6 +62,8 @@ export function registerEnv(program: Command): void {
     .description('list prepared environments')
     .action(async () => {
       const g = globals(program);
+      const remote = await remoteOf(program);
+      if (remote) return remoteEnvLs(remote, g.json);
       const state = openState();
       try {
         const envs = await state.environments.list();

@@ -8,6 +8,8 @@ import type { TaskResult } from '../../task/types.js';
 import { CancelledError, InputError, NotFoundError } from '../../util/errors.js';
 import { shellQuote } from '../../guest/guest.js';
 import { mib, report, table } from '../output.js';
+import { renderResult } from '../render.js';
+import { remoteOf, remoteTaskCancel, remoteTaskLs, remoteTaskRun, remoteTaskShow } from '../remote.js';
 import { globals } from '../globals.js';
 
 async function readScript(file: string): Promise<string[]> {
@@ -16,26 +18,6 @@ async function readScript(file: string): Promise<string[]> {
       'with one shell command per line');
   });
   return text.split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
-}
-
-export function renderResult(r: TaskResult): string {
-  const lines = [
-    `task ${r.taskId} on ${r.envName}: ${r.status}${r.message ? ` — ${r.message}` : ''}`,
-    `  snapshot ${r.snapshotId ?? '-'}, VM ${r.vmId ?? '-'}, base ${(r.baseCommit ?? '-').slice(0, 12)}`,
-    ...(r.commands ?? []).map((c) => `  [${c.status}] ${c.command} (exit ${c.exitCode ?? '-'}, ` +
-      `${(c.durationMs / 1000).toFixed(2)} s, peak ${mib(c.peakMemoryBytes)})`),
-    `  memory: limit ${mib(r.memoryLimitBytes ?? null)}, peak in guest ${mib(r.peakMemoryBytes)}, ` +
-      `VMM on host ${mib(r.hostPeakRssBytes)}`,
-    `  timings: ${Object.entries(r.timingsMs ?? {}).map(([k, v]) => `${k} ${v} ms`).join(', ')}`,
-  ];
-  if (r.diff) {
-    const s = r.diff.stats;
-    lines.push(s.tooLarge
-      ? `  diff: too large (${mib(s.sizeBytes)}); not returned`
-      : `  diff: ${s.filesChanged} file(s), +${s.insertions} -${s.deletions}` +
-        (s.binaryFiles ? `, ${s.binaryFiles} binary` : '') + (r.diff.fromFailedTask ? ' (from a failed task)' : ''));
-  }
-  return lines.join('\n');
 }
 
 export function registerTask(program: Command): void {
@@ -66,6 +48,11 @@ export function registerTask(program: Command): void {
       const timeoutSeconds = opts.timeout === undefined ? undefined : Number(opts.timeout);
       if (timeoutSeconds !== undefined && !(/^\d+(\.\d+)?$/.test(opts.timeout!) && timeoutSeconds > 0 && timeoutSeconds <= 7 * 86_400)) {
         throw new InputError(`--timeout must be a positive number of seconds, got "${opts.timeout}" (at most a week)`);
+      }
+      const remote = await remoteOf(program);
+      if (remote) {
+        return remoteTaskRun(remote, envArg, { json: g.json, diffOnly: opts.diffOnly, commands, commit: opts.commit,
+          timeoutSeconds, allowStale: opts.allowStale, noRebuild: !opts.rebuild });
       }
       const { spec } = await specFor(envArg);
       const state = openState();
@@ -112,6 +99,8 @@ export function registerTask(program: Command): void {
     .option('--limit <n>', 'how many', '20')
     .action(async (opts: { env?: string; limit: string }) => {
       const g = globals(program);
+      const remote = await remoteOf(program);
+      if (remote) return remoteTaskLs(remote, g.json, { env: opts.env, limit: Number(opts.limit) || 20 });
       const state = openState();
       try {
         const tasks = await state.tasks.list({ envName: opts.env, limit: Number(opts.limit) || 20 });
@@ -129,6 +118,8 @@ export function registerTask(program: Command): void {
     .option('--diff', 'print its patch')
     .action(async (id: string, opts: { log?: boolean; diff?: boolean }) => {
       const g = globals(program);
+      const remote = await remoteOf(program);
+      if (remote) return remoteTaskShow(remote, g.json, id, opts);
       const state = openState();
       try {
         const t = await state.tasks.get(id);
@@ -144,5 +135,18 @@ export function registerTask(program: Command): void {
       } finally {
         state.close();
       }
+    });
+
+  task.command('cancel')
+    .description('cancel a queued or running task of a service (with --remote)')
+    .argument('<id>', 'task id')
+    .action(async (id: string) => {
+      const g = globals(program);
+      const remote = await remoteOf(program);
+      if (!remote) {
+        throw new InputError(`cancel task ${id} where it runs: Ctrl-C at its \`prewarm task run\`, or for a task ` +
+          'of `prewarm serve`, `prewarm --remote http://HOST:PORT task cancel ID`');
+      }
+      await remoteTaskCancel(remote, g.json, id);
     });
 }
