@@ -19,6 +19,9 @@ export interface EnvInputs {
   agentsMdSha256: string | null;
   tier: Tier;
   runtimes: { node: string | null; python: string | null };
+  /** sha256 of how the runtimes are installed (the script, the packages); absent when the
+   * Debian defaults are used, so environments without a runtime never see it change. */
+  runtimeInstallSha256?: string;
   network: { setup: boolean; tasks: boolean };
   envSha256: string;
   engineVersion: string;
@@ -48,6 +51,9 @@ export function envInputs(from: EnvInputSources): EnvInputs {
       node: from.runtimes.node?.version ?? null,
       python: from.runtimes.python?.version ?? null,
     },
+    runtimeInstallSha256: from.runtimes.node || from.runtimes.python
+      ? sha256(canonicalJson([from.runtimes.node?.installScript ?? null, from.runtimes.python?.aptPackages ?? null]))
+      : undefined,
     network: { ...from.spec.network },
     envSha256: sha256(canonicalJson(from.spec.env)),
     engineVersion: from.engineVersion,
@@ -109,6 +115,10 @@ export function explainStale(old: EnvInputs, now: EnvInputs): string[] {
           const show = (v: string | null) => v ?? 'Debian default';
           if (x !== y) reasons.push(`${label} changed (${show(x)} → ${show(y)})`);
         }
+        break;
+      case 'runtimeInstallSha256':
+        // Also when one side has none: a runtime added or removed gives its own reason too.
+        if (same(old.runtimes, now.runtimes)) reasons.push('the runtime installer changed (a prewarm update)');
         break;
       case 'network':
         reasons.push(

@@ -73,6 +73,11 @@ if ! "$prefix/bin/node" --version >/dev/null 2>&1 || ! [ -e "$prefix/bin/npm" ];
   "$prefix.partial/bin/node" "$(readlink -f "$(command -v npm)")" install --global \\
     --prefix "$prefix.partial" --cache "$work/cache" \\
     --no-audit --no-fund --loglevel=error ${q(npmSpec)} >/dev/null
+  # npm carries the installing npm's builtin config over: Debian's keeps global installs in
+  # /usr/local (on every PATH; kept) but names globalignorefile, which current npm warns about
+  # on every command.
+  builtin="$prefix.partial/lib/node_modules/npm/npmrc"
+  if [ -f "$builtin" ]; then sed -i '/^globalignorefile=/d' "$builtin"; fi
   rm -rf "$prefix"
   mv "$prefix.partial" "$prefix"
 fi

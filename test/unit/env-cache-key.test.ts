@@ -47,6 +47,7 @@ describe('cache key', () => {
       { network: { setup: true, tasks: true } },
       { envSha256: 'env-2' },
       { engineVersion: '0.2.0' },
+      { runtimeInstallSha256: 'installer-2' },
     ];
     const keys = new Set([cacheKey(inputs()), ...changes.map((c) => cacheKey(inputs(c)))]);
     expect(keys.size).toBe(changes.length + 1);
@@ -104,6 +105,22 @@ describe('explainStale', () => {
       'environment variables changed',
       'engine version changed (0.1.0 → 0.2.0)',
     ]);
+  });
+
+  it('names a changed runtime installer, and never stales an environment without a runtime over it', () => {
+    const withRuntime = inputs({ runtimeInstallSha256: 'installer-1' });
+    expect(explainStale(withRuntime, inputs({ runtimeInstallSha256: 'installer-2' })))
+      .toEqual(['the runtime installer changed (a prewarm update)']);
+    // A snapshot made before the field existed has none: the same reason, not a silent stale.
+    expect(explainStale(inputs(), withRuntime)).toEqual(['the runtime installer changed (a prewarm update)']);
+    // A runtime added says so once, by its own reason.
+    expect(explainStale(inputs({ runtimes: { node: null, python: null } }), withRuntime))
+      .toEqual(['Node.js changed (Debian default → 22.12.0)']);
+    const spec = parseSpec('name: demo\nrepository: { url: https://example.com/demo.git }\nsetup: "true"\ntier: small\n');
+    const plain = envInputs({ spec, imageDigest: 'i', repository: 'r', commit: commitA, lockfiles: [], agentsMd: null,
+      runtimes: { node: null, python: null }, engineVersion: 'e' });
+    expect(plain).not.toHaveProperty('runtimeInstallSha256', expect.anything());
+    expect(cacheKey(plain)).toBe(cacheKey({ ...plain, runtimeInstallSha256: undefined }));
   });
 
   it('names AGENTS.md additions, custom tiers and network changes', () => {

@@ -8,6 +8,7 @@ import { listVms } from '../../src/engine/reaper.js';
 import { materializeExample } from '../../src/env/example.js';
 import { PrewarmClient } from '../../src/sdk/client.js';
 import { paths, prewarmHome } from '../../src/util/paths.js';
+import { interruptWhen, prewarmCli } from './cli.js';
 
 /**
  * The service end to end with real VMs: register the bundled example through the API,
@@ -101,5 +102,34 @@ describe('prewarm serve, end to end (real VMs)', () => {
     await expect.poll(() => service.queue.running, { timeout: 60_000, interval: 200 }).toBe(0);
     expect(existsSync(join(paths.vms(), vmId!))).toBe(false);
     expect((await api.getTask(submitted.id)).status).toBe('cancelled');
+  });
+
+  it('the CLI in remote mode runs a task through the service, prints its output and diff, and cancels on Ctrl-C', async () => {
+    const remote = (args: string[]) => ['--remote', service.url, ...args];
+    const withToken = { env: { PREWARM_TOKEN: service.token } };
+    const cli = (args: string[]) => prewarmCli(remote(args), withToken);
+    const run = await cli(['task', 'run', 'hello-node', '--', 'echo remote-ok | tee REMOTE.txt']);
+    expect(run.exitCode, run.stderr).toBe(0);
+    expect(run.stdout).toMatch(/^remote-ok$/m);
+    const id = /task (task-[0-9a-f]+) submitted to/.exec(run.stderr)?.[1];
+    expect(id, run.stderr).toBeDefined();
+    taskIds.push(id!);
+    expect(run.stdout).toContain(`task ${id} on hello-node: succeeded`);
+    expect(run.stdout).toContain('+++ b/REMOTE.txt');
+    const shown = await cli(['task', 'show', id!, '--diff']);
+    expect(shown.stdout).toBe(await api.getDiff(id!));
+
+    const denied = await prewarmCli(remote(['task', 'ls']), { env: { PREWARM_TOKEN: 'wrong-token-wrong-token' } });
+    expect(denied.exitCode).toBe(1);
+    expect(denied.stderr).toMatch(/^prewarm: .*token/im);
+
+    const { result: cancelled, sent } = await interruptWhen(remote(['task', 'run', 'hello-node', '--', 'sleep 600']),
+      'running: sleep 600', withToken);
+    expect(sent, cancelled.stderr).toBe(true);
+    expect(cancelled.exitCode, cancelled.stderr).toBe(130);
+    const cancelledId = /task (task-[0-9a-f]+) submitted to/.exec(cancelled.stderr)![1];
+    taskIds.push(cancelledId);
+    expect((await api.getTask(cancelledId)).status).toBe('cancelled');
+    await expect.poll(() => service.queue.running, { timeout: 60_000, interval: 200 }).toBe(0);
   });
 }, 30 * 60_000);

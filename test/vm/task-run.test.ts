@@ -16,6 +16,7 @@ import { CancelledError } from '../../src/util/errors.js';
 import { openState } from '../../src/state/db.js';
 import { preparedExample } from './example-env.js';
 import { TINY_TIER, makeRepo, vmDirsOwnedBy, writeSpec } from './tiny-env.js';
+import { interruptWhen } from './cli.js';
 
 /**
  * Issue 4, "Must show": tasks restored from real snapshots. One task runs on the bundled
@@ -272,16 +273,8 @@ describe('task run (real QEMU)', () => {
   }, 10 * MINUTE);
 
   it('Ctrl-C at `prewarm task run` cancels the task: exit 130, recorded cancelled, no VM left', async () => {
-    const child = execa('node', ['--import', 'tsx', 'src/cli/main.ts', 'task', 'run', join(work, 'task-env.yaml'), '--', 'sleep 60'],
-      { reject: false, all: true });
-    let sent = false;
-    child.stderr!.on('data', (chunk: Buffer) => {
-      if (!sent && chunk.toString().includes('prewarm: running: sleep 60')) {
-        sent = true;
-        setTimeout(() => child.kill('SIGINT'), 1_000);
-      }
-    });
-    const out = await child;
+    const { result: out, sent } = await interruptWhen(['task', 'run', join(work, 'task-env.yaml'), '--', 'sleep 60'],
+      'prewarm: running: sleep 60', { all: true });
 
     expect(sent, out.all).toBe(true);
     expect(out.exitCode, out.all).toBe(130);
