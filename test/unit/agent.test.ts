@@ -242,6 +242,13 @@ describe('AgentClient requests', () => {
     expect(withoutTime.raw).toBe('{"execute":"guest-set-time"}');
   });
 
+  it('reads the guest time in ms from guest-get-time', async () => {
+    await fake.listen(socketPath);
+    fake.handlers['guest-get-time'] = () => 1_700_000_000_123_456_789;
+    const client = await connect();
+    expect(await client.getTimeMs()).toBeCloseTo(1_700_000_000_123.457, 0);
+  });
+
   it('rejects pending and later requests when the connection closes', async () => {
     await fake.listen(socketPath);
     fake.handlers['guest-info'] = () => NO_REPLY;
