@@ -1,7 +1,9 @@
 import { mkdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { vmConfig } from '../engine/config.js';
-import { Vm } from '../engine/vm.js';
+import { Vm, newVmId } from '../engine/vm.js';
+import { MemoryBudget } from '../pool/budget.js';
+import { vmDirOf } from '../pool/charges.js';
 import { snapshotVm } from '../engine/snapshot.js';
 import { waitForGuest } from '../guest/ready.js';
 import type { Guest } from '../guest/guest.js';
@@ -33,6 +35,8 @@ export interface PrepareOptions {
   quiet?: boolean;
   /** Live output of the guest's commands (clone, runtime install, setup). */
   onOutput?: (chunk: Buffer) => void;
+  /** The host memory budget the prepare VM is admitted against; default from the settings. */
+  budget?: MemoryBudget;
 }
 
 export interface PrepareResult {
@@ -103,7 +107,18 @@ export async function prepareEnv(spec: EnvSpec, opts: PrepareOptions = {}): Prom
     try {
       const tier = resolveTier(spec.tier);
       progress.step('boot');
-      vm = await timed('boot', async () => Vm.boot(vmConfig(env.image, tier, { network: spec.network.setup, detached: false })));
+      // Admitted against the host memory budget like a task, for its whole tier (its setup
+      // may use all of it); it waits for room or says how much is missing.
+      const vmId = newVmId();
+      await (opts.budget ?? new MemoryBudget()).admit({
+        vmId, bytes: tier.memoryMiB * 2 ** 20, role: 'prepare', envName: spec.name, snapshotId: null,
+        what: `the prepare of ${spec.name}`,
+      }, { onWait: (w) => { if (!opts.quiet) process.stderr.write(`prewarm: ${w.message}; waiting\n`); } });
+      vm = await timed('boot', async () => Vm.boot(vmConfig(env.image, tier, { network: spec.network.setup, detached: false }), { vmId })
+        .catch(async (err: unknown) => {
+          await rm(vmDirOf(vmId), { recursive: true, force: true });
+          throw err;
+        }));
       let guest = await timed('boot', () => waitForGuest(vm!, BOOT_TIMEOUT_MS));
 
       progress.step('clone');

@@ -112,6 +112,10 @@ const realDeps = (): BudgetDeps => ({
   pollMs: 500,
 });
 
+/** Work someone waits for (a task, a prepare): it waits for room, pushes idle pool VMs out,
+ * and pool refills leave it the room it asks for. */
+const isForeground = (role: VmRole) => role === 'task' || role === 'prepare';
+
 const sum = (charges: VmCharge[]) => charges.reduce((n, c) => n + c.chargeBytes, 0);
 
 /**
@@ -142,7 +146,7 @@ export class MemoryBudget {
   /** Admit the request now, or wait for room up to waitMs, or throw BudgetError saying how
    * much memory is missing. On success the VM's reservation is recorded. */
   async admit(req: AdmitRequest, opts: AdmitOptions = {}): Promise<void> {
-    const isTask = req.role === 'task';
+    const isTask = isForeground(req.role);
     const waitMs = opts.waitMs ?? (isTask ? this.settings.waitMs : 0);
     const deadline = Date.now() + waitMs;
     let waiting: (() => Promise<void>) | undefined;
@@ -175,7 +179,7 @@ export class MemoryBudget {
     const budgetBytes = this.settings.budgetBytes;
     const others = () => sum(charges.filter((c) => c.vmId !== req.vmId));
     // Pool VMs leave the room that waiting tasks ask for (ours is not among them yet).
-    const held = req.role === 'task' ? 0 : await this.deps.waiters.totalBytes();
+    const held = isForeground(req.role) ? 0 : await this.deps.waiters.totalBytes();
     const free = () => budgetBytes - others() - held;
     if (needBytes > budgetBytes) return { admitted: false, never: true, needBytes, freeBytes: free() };
 

@@ -16,7 +16,8 @@ export const ROLE_FILE = 'budget.json';
 
 /** `pool-filling`: being restored for a pool; `pool-ready`: idle in a pool (may be evicted);
  * `task`: running a task, reserving its tier / overcommit. */
-export type VmRole = 'task' | 'pool-filling' | 'pool-ready';
+/** 'prepare' is the VM of an environment's prepare; it is admitted as a task is. */
+export type VmRole = 'task' | 'prepare' | 'pool-filling' | 'pool-ready';
 
 export interface RoleFile {
   role: VmRole;

@@ -119,6 +119,16 @@ describe('admission', () => {
     expect(await new Waiters(dir).totalBytes()).toBe(0);
   });
 
+  it('admits a prepare as a task: it pushes idle pool VMs out and refills leave it its room', async () => {
+    host.add('vm-pool-1', 1 * GiB, poolVm);
+    const b = budget(4096);
+    await b.admit({ ...task('vm-prep', 3.5 * GiB), role: 'prepare', what: 'the prepare of hello-node' });
+    expect(host.evicted).toEqual(['vm-pool-1']);
+    expect(host.vms.find((v) => v.vmId === 'vm-prep')?.role?.role).toBe('prepare');
+    const err = await b.admit(refill('vm-pool-2', 1 * GiB)).catch((e) => e);
+    expect(err).toBeInstanceOf(BudgetError);
+  });
+
   it('refuses at once what the whole budget cannot hold, even when asked to wait', async () => {
     const err = await budget(1024).admit(task('vm-a', 2 * GiB), { waitMs: 60_000 }).catch((e) => e);
     expect(err.message).toMatch(/needs 2 GiB but the whole 1 GiB budget is smaller/);

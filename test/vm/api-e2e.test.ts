@@ -116,7 +116,7 @@ describe('prewarm serve, end to end (real VMs)', () => {
     taskIds.push(id!);
     expect(run.stdout).toContain(`task ${id} on hello-node: succeeded`);
     expect(run.stdout).toContain('+++ b/REMOTE.txt');
-    const shown = await cli(['task', 'show', id!, '--diff']);
+    const shown = await prewarmCli(remote(['task', 'show', id!, '--diff']), { ...withToken, stripFinalNewline: false });
     expect(shown.stdout).toBe(await api.getDiff(id!));
 
     const denied = await prewarmCli(remote(['task', 'ls']), { env: { PREWARM_TOKEN: 'wrong-token-wrong-token' } });
