@@ -5,7 +5,7 @@ set -eu
 cd "$(dirname "$0")/.."
 
 PACKAGES="qemu-system-x86 qemu-utils zstd e2fsprogs debootstrap busybox-static cpio
-  util-linux git ca-certificates xz-utils"
+  util-linux git ca-certificates xz-utils gcc libc6-dev"
 
 missing=""
 for p in $PACKAGES; do

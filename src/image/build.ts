@@ -16,6 +16,7 @@ import {
   APT_PACKAGES, BASE_PACKAGES, DEBIAN_MIRROR, DEBIAN_SUITE, ROOT_FS_SIZE,
   configureRootfs, debootstrap, guestEnvFile, hostTrust, makeDisk,
 } from './rootfs.js';
+import { GUEST_REFRESH_PATH, buildGuestHelper, guestHelperDigest } from './guest-helper.js';
 
 /** Bump when the recipe changes in a way its inputs below do not capture. */
 const RECIPE_VERSION = 3;
@@ -52,6 +53,7 @@ async function imageInputs(kernel: KernelPackage): Promise<Record<string, unknow
     guestInit: sha256(GUEST_INIT + initramfsInit([])),
     guestEnv: sha256(guestEnvFile(trust)),
     hostCaBundle: await sha256File(trust.caBundlePath),
+    guestHelper: await guestHelperDigest(),
   };
 }
 
@@ -93,7 +95,7 @@ export async function buildImage(opts: BuildOptions = {}): Promise<Image & { cac
 
   await requireRoot('prewarm image build');
   for (const [tool, pkg] of [['debootstrap', 'debootstrap'], ['mke2fs', 'e2fsprogs'],
-    ['cpio', 'cpio'], ['qemu-img', 'qemu-utils'], ['busybox', 'busybox-static']] as const) {
+    ['cpio', 'cpio'], ['qemu-img', 'qemu-utils'], ['busybox', 'busybox-static'], ['gcc', 'gcc']] as const) {
     await requireTool(tool, pkg);
   }
 
@@ -116,6 +118,7 @@ export async function buildImage(opts: BuildOptions = {}): Promise<Image & { cac
 
     progress.step('configure rootfs');
     const packages = await configureRootfs(rootfs, hostTrust());
+    await buildGuestHelper(join(rootfs, GUEST_REFRESH_PATH.slice(1)));
 
     progress.step('root disk');
     await makeDisk(rootfs, work, join(work, 'rootfs.qcow2'));

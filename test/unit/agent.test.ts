@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { AgentClient } from '../../src/guest/agent.js';
+import { GUEST_REFRESH_PATH } from '../../src/image/guest-helper.js';
 import { Guest } from '../../src/guest/guest.js';
 import { GuestError } from '../../src/util/errors.js';
 
@@ -434,24 +435,34 @@ describe('AgentClient files', () => {
 });
 
 describe('Guest', () => {
-  it('reseeds the CRNG with 512 host bytes through perl, and runs scripts in a cwd', async () => {
+  it('refreshes through the image helper, falls back to perl on an older image, and runs scripts in a cwd', async () => {
     await fake.listen(socketPath);
     const execs: any[] = [];
+    let helperExit = 0;
     fake.handlers['guest-exec'] = (args) => {
       execs.push(args);
       return { pid: execs.length };
     };
-    fake.handlers['guest-exec-status'] = () => ({
+    fake.handlers['guest-exec-status'] = (args) => ({
       exited: true,
-      exitcode: 0,
+      exitcode: execs[(args as { pid: number }).pid - 1].arg[0] === GUEST_REFRESH_PATH ? helperExit : 0,
       'out-data': Buffer.from('ok\n').toString('base64'),
     });
     const guest = new Guest(await connect());
 
-    await guest.reseedEntropy();
-    expect(execs[0].arg[0]).toBe('/usr/bin/perl');
-    expect(execs[0].arg[2]).toContain('ioctl($f, 0x5207, 0)');
+    await guest.refresh();
+    expect(execs).toHaveLength(1);
+    expect(execs[0].arg[0]).toBe(GUEST_REFRESH_PATH);
+    const [seconds] = execs[0].arg.slice(1).map(Number);
+    expect(Math.abs(seconds - Date.now() / 1000)).toBeLessThan(5);
     expect(Buffer.from(execs[0]['input-data'], 'base64')).toHaveLength(512);
+
+    helperExit = 127; // not found: an image from before the helper
+    await guest.refresh();
+    expect(execs).toHaveLength(3);
+    expect(execs[2].arg[0]).toBe('/usr/bin/perl');
+    expect(execs[2].arg[2]).toContain('ioctl($f, 0x5207, 0)');
+    execs.splice(0, 2);
 
     const opts = { timeoutMs: 1_000, cwd: "/work/it's", env: { CI: '1' } };
     const result = await guest.run('npm test', opts);

@@ -1,0 +1,79 @@
+/*
+ * prewarm-refresh [SECONDS MICROSECONDS] < entropy
+ *
+ * A restored guest's two fixes in one short process (built static on the host at image
+ * build, installed as /usr/local/bin/prewarm-refresh):
+ *   1. the bytes on stdin (host randomness) are written to /dev/urandom and the kernel's
+ *      CRNG is made to reseed at once (RNDRESEEDCRNG): writing alone mixes the bytes in but
+ *      keeps the CRNG state every clone of the snapshot shares;
+ *   2. with SECONDS MICROSECONDS (the host's time when it sent the request), CLOCK_REALTIME
+ *      is set to that time plus how long this process has existed (its start time from
+ *      /proc/self/stat against CLOCK_BOOTTIME), so the clock does not lag by our own start.
+ * A perl one-liner did the same in 0.35-0.45 s under TCG; a small static binary starts in a
+ * fraction of that. Exit 0, or 1 with the failing step on stderr.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/random.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+static int fail(const char *what) {
+  fprintf(stderr, "prewarm-refresh: %s: %s\n", what, strerror(errno));
+  return 1;
+}
+
+/* Seconds this process has existed: now (CLOCK_BOOTTIME) minus its start time. */
+static double own_age(void) {
+  char buf[1024];
+  int fd = open("/proc/self/stat", O_RDONLY);
+  if (fd < 0) return 0;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  /* Fields after the command name, which may hold spaces: starttime is the 20th of them. */
+  char *p = strrchr(buf, ')');
+  if (!p) return 0;
+  p += 2;
+  for (int field = 0; field < 19 && p; field++) {
+    p = strchr(p, ' ');
+    if (p) p++;
+  }
+  if (!p) return 0;
+  double started = strtod(p, NULL) / (double)sysconf(_SC_CLK_TCK);
+  struct timespec now;
+  if (clock_gettime(CLOCK_BOOTTIME, &now) != 0) return 0;
+  double age = now.tv_sec + now.tv_nsec / 1e9 - started;
+  return age < 0 || age > 30 ? 0 : age;
+}
+
+int main(int argc, char **argv) {
+  double age = own_age();
+
+  unsigned char seed[4096];
+  size_t have = 0;
+  for (;;) {
+    ssize_t n = read(0, seed + have, sizeof seed - have);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return fail("read stdin");
+    if (n == 0 || (have += (size_t)n) == sizeof seed) break;
+  }
+  int fd = open("/dev/urandom", O_WRONLY);
+  if (fd < 0) return fail("open /dev/urandom");
+  if (have > 0 && write(fd, seed, have) != (ssize_t)have) return fail("write /dev/urandom");
+  if (ioctl(fd, RNDRESEEDCRNG, 0) != 0) return fail("RNDRESEEDCRNG");
+  close(fd);
+
+  if (argc == 3) {
+    double t = strtod(argv[1], NULL) + strtod(argv[2], NULL) / 1e6 + age;
+    struct timeval tv = { .tv_sec = (time_t)t, .tv_usec = (suseconds_t)((t - (double)(time_t)t) * 1e6) };
+    if (settimeofday(&tv, NULL) != 0) return fail("settimeofday");
+  }
+  return 0;
+}
