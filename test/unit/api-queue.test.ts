@@ -223,8 +223,8 @@ describe('restarts', () => {
     const stopping = s.shutdown(5_000);
     // Refused: a 503 on a connection that was open, else the connection itself is refused.
     const refused = await api.createTask({ envName: 'web', commands: ['y'] }).catch((e: unknown) => e);
-    expect(refused).toSatisfy((e: { status?: number; message?: string }) =>
-      e.status === 503 || e.message === 'fetch failed');
+    expect(refused).toSatisfy((e: { status?: number; code?: string }) =>
+      e.status === 503 || e.code === 'UNREACHABLE');
     await stopping;
     service = undefined;
     const state = openState();
