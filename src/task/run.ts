@@ -121,15 +121,15 @@ export async function runTask(spec: EnvSpec, req: TaskRequest, opts: RunTaskOpti
     }, HOST_SAMPLE_MS);
 
     // Every step below races the VM's death and a cancel; whichever comes first ends it.
-    const died = Promise.race([vm.processExited.then(() => {
+    const interrupted = Promise.race([vm.processExited.then(() => {
       throw new PrewarmError('VM_DIED', deathMessage(vm.id));
     }), cancelled]);
-    died.catch(() => {});
+    interrupted.catch(() => {});
 
     if (commit) {
       doing = `checking out ${req.commit}`;
       const t = performance.now();
-      result.baseCommit = await Promise.race([checkout(ready.guest, spec, commit), died]);
+      result.baseCommit = await Promise.race([checkout(ready.guest, spec, commit), interrupted]);
       timings.checkout = Math.round(performance.now() - t);
     }
 
@@ -142,7 +142,7 @@ export async function runTask(spec: EnvSpec, req: TaskRequest, opts: RunTaskOpti
         taskId, index, command, cwd: guestRepoDir(spec.name), env: { ...spec.env, ...secrets },
         memoryLimitBytes, pidsMax: spec.task.pidsMax, timeoutMs: Math.max(1, deadline - Date.now()),
         onOutput: opts.onOutput,
-      }), died]);
+      }), interrupted]);
       const entry: CommandOutcome = {
         command, status: outcome.status, exitCode: outcome.exitCode, signal: outcome.signal,
         peakMemoryBytes: outcome.peakMemoryBytes, oomKills: outcome.oomKills,
@@ -166,7 +166,7 @@ export async function runTask(spec: EnvSpec, req: TaskRequest, opts: RunTaskOpti
     const diffStart = performance.now();
     const diff = await Promise.race([extractDiff(ready.guest, {
       repoDir: guestRepoDir(spec.name), baseCommit: result.baseCommit, maxBytes: DIFF_MAX_BYTES,
-    }), died]);
+    }), interrupted]);
     result.diff = {
       patch: diff.tooLarge ? null : diff.patch.toString('utf8'),
       patchBytes: diff.tooLarge ? undefined : diff.patch,
