@@ -32,11 +32,16 @@ export const DEFAULT_ENV: Readonly<Record<string, string>> = {
 const ENTROPY_BYTES = 512;
 const HOUSEKEEPING_TIMEOUT_MS = 30_000;
 
-/** Writes stdin to /dev/urandom, then makes the CRNG reseed (RNDRESEEDCRNG, 0x5207). */
+/**
+ * Adds stdin to the input pool with full credit (RNDADDENTROPY, 0x40085203, which also
+ * initialises a CRNG that was not ready when the snapshot was taken), then makes the CRNG
+ * reseed (RNDRESEEDCRNG, 0x5207). See the guest helper's source for why both.
+ */
 const RESEED_PERL = [
   'open(my $f, ">", "/dev/urandom") or die "open /dev/urandom: $!";',
   'binmode STDIN; local $/; my $d = <STDIN>;',
-  'defined(syswrite($f, $d)) or die "write /dev/urandom: $!";',
+  'my $info = pack("i i", length($d) * 8, length($d)) . $d;',
+  'ioctl($f, 0x40085203, $info) or die "RNDADDENTROPY: $!";',
   'ioctl($f, 0x5207, 0) or die "RNDRESEEDCRNG: $!";',
 ].join(' ');
 

@@ -42,7 +42,12 @@ describe('withFileLock', () => {
     const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
       stdio: ['ignore', 'pipe', 'inherit'],
     });
-    await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
+    // Listen for the exit now: the child may be gone before this test gets to wait for it.
+    const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+    await Promise.race([
+      new Promise<void>((resolve) => child.stdout.once('data', () => resolve())),
+      exited.then((code) => { throw new Error(`the holder exited (${code}) before taking the lock`); }),
+    ]);
     const holder = JSON.parse(await readFile(lock, 'utf8')) as { pid: number };
     expect(holder.pid).toBe(child.pid);
 
@@ -51,7 +56,7 @@ describe('withFileLock', () => {
     await withFileLock(lock, async () => {}, { retryMs: 20, onWait: (pid) => waits.push(pid) });
     expect(waits).toEqual([child.pid]);
     expect(Date.now() - startedAt).toBeGreaterThan(300);
-    await new Promise((r) => child.once('exit', r));
+    expect(await exited).toBe(0);
   });
 
   it('takes over at once from a holder that has exited', async () => {

@@ -3,9 +3,12 @@
  *
  * A restored guest's two fixes in one short process (built static on the host at image
  * build, installed as /usr/local/bin/prewarm-refresh):
- *   1. the bytes on stdin (host randomness) are written to /dev/urandom and the kernel's
- *      CRNG is made to reseed at once (RNDRESEEDCRNG): writing alone mixes the bytes in but
- *      keeps the CRNG state every clone of the snapshot shares;
+ *   1. the bytes on stdin (host randomness) are added to the kernel's input pool with full
+ *      credit (RNDADDENTROPY) and the CRNG is made to reseed at once (RNDRESEEDCRNG): a plain
+ *      write to /dev/urandom mixes the bytes in but keeps the CRNG state every clone of the
+ *      snapshot shares. The credit matters for a snapshot taken before the guest's CRNG was
+ *      ready (soon after boot under TCG): crediting initialises it from these bytes, and
+ *      RNDRESEEDCRNG refuses (ENODATA) a CRNG that is not ready;
  *   2. with SECONDS MICROSECONDS (the host's time when it sent the request), CLOCK_REALTIME
  *      is set to that time plus how long this process has existed (its start time from
  *      /proc/self/stat against CLOCK_BOOTTIME), so the clock does not lag by our own start.
@@ -56,19 +59,27 @@ static double own_age(void) {
 int main(int argc, char **argv) {
   double age = own_age();
 
-  unsigned char seed[4096];
+  enum { SEED_MAX = 4096 };
+  struct rand_pool_info *pool = malloc(sizeof *pool + SEED_MAX);
+  if (!pool) return fail("malloc");
+  unsigned char *seed = (unsigned char *)pool->buf;
   size_t have = 0;
   for (;;) {
-    ssize_t n = read(0, seed + have, sizeof seed - have);
+    ssize_t n = read(0, seed + have, SEED_MAX - have);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return fail("read stdin");
-    if (n == 0 || (have += (size_t)n) == sizeof seed) break;
+    if (n == 0 || (have += (size_t)n) == SEED_MAX) break;
   }
   int fd = open("/dev/urandom", O_WRONLY);
   if (fd < 0) return fail("open /dev/urandom");
-  if (have > 0 && write(fd, seed, have) != (ssize_t)have) return fail("write /dev/urandom");
+  if (have > 0) {
+    pool->entropy_count = (int)(have * 8);
+    pool->buf_size = (int)have;
+    if (ioctl(fd, RNDADDENTROPY, pool) != 0) return fail("RNDADDENTROPY");
+  }
   if (ioctl(fd, RNDRESEEDCRNG, 0) != 0) return fail("RNDRESEEDCRNG");
   close(fd);
+  free(pool);
 
   if (argc == 3) {
     double t = strtod(argv[1], NULL) + strtod(argv[2], NULL) / 1e6 + age;
