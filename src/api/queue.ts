@@ -9,8 +9,9 @@ import type { TaskRunner } from './runner.js';
 export type Admit = (ctx: { running: number }) => boolean | Promise<boolean>;
 
 /**
- * The admission seam. The host memory budget (the pool part) replaces this with a check of
- * the tier against free budget; until it lands only the concurrency limit holds tasks back.
+ * Holds tasks back before they are claimed; by default only the concurrency limit does. The
+ * host memory budget is applied later, by the runner's VM source: a claimed task waits there
+ * (status 'running', a "needs ... missing" event in its log) until its tier fits.
  */
 export const admitAlways: Admit = () => true;
 

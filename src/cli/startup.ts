@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { openState } from '../state/db.js';
+import { openState, type Task } from '../state/db.js';
 import { isAlive } from '../engine/proc.js';
 import { paths } from '../util/paths.js';
 import { reapVms } from '../engine/reaper.js';
@@ -10,16 +10,20 @@ import { logger } from '../util/log.js';
 export async function reapLeftovers(): Promise<void> {
   const reaped = await reapVms();
   await reapImageBuilds();
-  await recoverTasks();
+  const recovered = await recoverTasks();
   if (reaped.length > 0) logger({ part: 'startup' }).info({ vmIds: reaped }, 'removed leftover VMs');
+  if (recovered.length > 0) {
+    process.stderr.write(`prewarm: ${recovered.length} task(s) were running in a prewarm process ` +
+      `that has died; marked error: ${recovered.map((t) => t.id).join(', ')}\n`);
+  }
 }
 
 /** Tasks whose runner process died (killed CLI, crashed service) end as 'error'. */
-async function recoverTasks(): Promise<void> {
-  if (!existsSync(paths.database())) return;
+async function recoverTasks(): Promise<Task[]> {
+  if (!existsSync(paths.database())) return [];
   const state = openState();
   try {
-    await state.tasks.recoverOrphans((runner) => isAlive(runner.pid, runner.startTime));
+    return await state.tasks.recoverOrphans((runner) => isAlive(runner.pid, runner.startTime));
   } finally {
     state.close();
   }

@@ -14,8 +14,6 @@ export interface BudgetedSourceOptions {
   store?: SnapshotStore;
   /** How long a task waits for memory; default from the budget's settings. */
   waitMs?: number;
-  /** Told once when a task starts waiting for memory, with the reason. */
-  onWait?: (message: string) => void;
 }
 
 /**
@@ -26,12 +24,12 @@ export interface BudgetedSourceOptions {
  */
 export function budgetedVmSource(opts: BudgetedSourceOptions = {}): VmSource {
   const budget = opts.budget ?? new MemoryBudget();
-  return async (spec, snapshotId, { signal } = {}) => {
+  return async (spec, snapshotId, { signal, onWait } = {}) => {
     const request = (vmId: string): AdmitRequest => ({
       vmId, bytes: budget.taskReservationBytes(resolveTier(spec.tier).memoryMiB), role: 'task',
       envName: spec.name, snapshotId, what: `task on ${spec.name}`,
     });
-    const admitOpts = { waitMs: opts.waitMs, onWait: (w: { message: string }) => opts.onWait?.(w.message), signal };
+    const admitOpts = { waitMs: opts.waitMs, onWait: (w: { message: string }) => onWait?.(w.message), signal };
 
     const pooled = await opts.pools?.take(spec.name, snapshotId, (r) => budget.admit(request(r.vm.id), admitOpts));
     if (pooled) return pooled;

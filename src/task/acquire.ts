@@ -24,7 +24,13 @@ export interface ReadyVm {
  * aborts, a source stops waiting (for memory, say) and rejects with a CancelledError; a VM it
  * was restoring is destroyed first.
  */
-export type VmSource = (spec: EnvSpec, snapshotId: string, opts?: { signal?: AbortSignal }) => Promise<ReadyVm>;
+export type VmSource = (spec: EnvSpec, snapshotId: string, opts?: VmSourceCallOptions) => Promise<ReadyVm>;
+
+export interface VmSourceCallOptions {
+  signal?: AbortSignal;
+  /** Told once, in words, when this VM has to wait (for host memory, say). */
+  onWait?: (message: string) => void;
+}
 
 /** `vmId`: restore into this id (the memory budget admitted it and made its directory). */
 export async function restoreReady(

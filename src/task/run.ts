@@ -109,7 +109,7 @@ export async function runTask(spec: EnvSpec, req: TaskRequest, opts: RunTaskOpti
   try {
     throwIfCancelled(signal);
     const source = opts.vmSource ?? ((s, id, o) => restoreReady(s, id, store, o));
-    ready = await source(spec, snapshotId, { signal });
+    ready = await source(spec, snapshotId, { signal, onWait: say });
     timings[ready.fromPool ? 'pool' : 'restore'] = Math.round(ready.acquireMs);
     result.vmId = ready.vm.id;
     opts.onVm?.(ready.vm.id, snapshotId);

@@ -161,7 +161,7 @@ describe('warm pools and the memory budget (real VMs)', () => {
 
     const waits: string[] = [];
     const waited = await runTask(spec, { envName: ENV, commands: ['true'] },
-      { vmSource: budgetedVmSource({ budget, waitMs: SLOW_MS, onWait: (m) => waits.push(m) }) });
+      { vmSource: budgetedVmSource({ budget, waitMs: SLOW_MS }), onEvent: (m) => { if (/needs/.test(m)) waits.push(m); } });
     expect(waits).toHaveLength(1);
     expect(waits[0]).toMatch(/missing/);
     expect((await first).status).toBe('succeeded');

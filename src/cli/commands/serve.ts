@@ -42,10 +42,6 @@ export function registerServe(program: Command): void {
       process.stderr.write(`prewarm: serving on ${service.url}\n` +
         `prewarm: API token ${service.tokenCreated ? 'created in' : 'read from'} ${service.tokenPath} ` +
         '(send it as "Authorization: Bearer <token>")\n');
-      if (service.recovered.length > 0) {
-        process.stderr.write(`prewarm: ${service.recovered.length} task(s) were running when the ` +
-          'service last stopped; marked error\n');
-      }
 
       await new Promise<void>((resolve) => {
         let signals = 0;

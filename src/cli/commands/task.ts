@@ -74,7 +74,7 @@ export function registerTask(program: Command): void {
         }, {
           onOutput: live ? (chunk) => process.stdout.write(chunk) : undefined,
           onEvent: live ? (m) => process.stderr.write(`prewarm: ${m}\n`) : undefined,
-          vmSource: budgetedVmSource({ onWait: (m) => process.stderr.write(`prewarm: ${m}\n`) }),
+          vmSource: budgetedVmSource(),
           signal: cancel.signal,
         });
         if (!result) return;
