@@ -7,6 +7,7 @@ import { loadSpec, resolveTier } from '../env/spec.js';
 import { prepareEnv } from '../env/prepare.js';
 import { vmConfig } from '../engine/config.js';
 import { Vm } from '../engine/vm.js';
+import { guestRamSplit } from '../engine/proc.js';
 import { chooseAccelerator } from '../engine/accel.js';
 import { waitForGuest } from '../guest/ready.js';
 import { buildImage } from '../image/build.js';
@@ -37,11 +38,29 @@ export interface BenchReport {
   snapshot: { createMs: number; rawBytes: number; compressedBytes: number; ratio: number;
     restoreFromStoreMs: number; restoreFromCacheMs: number };
   memory: { tierBytes: number; idleCloneRssBytes: number; idleClonePssBytes: number; guestUsedBytes: number;
-    oneCloneHostBytes: number; tenClonesHostBytes: number; clones: number; returnAfterDestroyMs: number[] };
+    oneCloneHostBytes: number; tenClonesHostBytes: number; clones: number; returnAfterDestroyMs: number[];
+    /** Where the clones' memory is: the guest RAM mapping against QEMU's own, summed over
+     * all clones; private = not shared with any other process. */
+    split: { oneClone: CloneSplit; allClones: CloneSplit } };
   density: { budgetBytes: number; perCloneBytes: number; clonesInBudget: number };
   /** Task submission to first command running: the HTTP service against the library. */
   api: { overheadP50Ms: number } | null;
   ratios: Record<string, number>;
+}
+
+interface CloneSplit { guestRamPssBytes: number; guestRamPrivateBytes: number; vmmPssBytes: number; vmmPrivateBytes: number }
+
+function cloneSplit(clones: ReadyVm[]): CloneSplit {
+  const sum: CloneSplit = { guestRamPssBytes: 0, guestRamPrivateBytes: 0, vmmPssBytes: 0, vmmPrivateBytes: 0 };
+  for (const r of clones) {
+    const split = guestRamSplit(r.vm.qemuPid!, join(r.vm.restoredFrom!, 'memory.raw'));
+    if (!split) throw new Error(`clone ${r.vm.id} is gone: its memory cannot be read`);
+    sum.guestRamPssBytes += split.guestRam.pssBytes;
+    sum.guestRamPrivateBytes += split.guestRam.privateBytes;
+    sum.vmmPssBytes += split.vmm.pssBytes;
+    sum.vmmPrivateBytes += split.vmm.privateBytes;
+  }
+  return sum;
 }
 
 async function firstCommand(ready: ReadyVm): Promise<void> {
@@ -168,11 +187,13 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchReport> {
   const rss = one.vm.hostMemory()?.rssBytes ?? 0;
   const pss = pssBytes(one.vm.qemuPid!);
   const oneCloneHostBytes = pss;
+  const oneSplit = cloneSplit([one]);
   const used = await one.guest.run("awk '/MemTotal/{t=$2}/MemAvailable/{a=$2}END{print (t-a)*1024}' /proc/meminfo", { timeoutMs: 30_000 });
   const many: ReadyVm[] = [one];
   for (let i = 1; i < clones; i++) many.push(await restoreReady(spec, prepared.snapshotId, store));
   await new Promise((r) => setTimeout(r, 2000));
   const tenClonesHostBytes = many.reduce((sum, r) => sum + pssBytes(r.vm.qemuPid!), 0);
+  const allSplit = cloneSplit(many);
   for (const ready of many) await destroy(ready);
 
   say(`QEMU savevm/loadvm baseline, ${loadvmRounds} rounds`);
@@ -205,7 +226,7 @@ export async function runBench(opts: BenchOptions = {}): Promise<BenchReport> {
     memory: {
       tierBytes: tier.memoryMiB * 2 ** 20, idleCloneRssBytes: rss, idleClonePssBytes: pss,
       guestUsedBytes: Number(used.stdout.trim()), oneCloneHostBytes, tenClonesHostBytes, clones,
-      returnAfterDestroyMs: returnMs,
+      returnAfterDestroyMs: returnMs, split: { oneClone: oneSplit, allClones: allSplit },
     },
     density: { budgetBytes, perCloneBytes, clonesInBudget: Math.floor(budgetBytes / perCloneBytes) },
     api: s.submitApi && s.submitLibrary ? { overheadP50Ms: s.submitApi.p50 - s.submitLibrary.p50 } : null,

@@ -49,6 +49,41 @@ export function residentMemory(pid: number): { rssBytes: number; pssBytes: numbe
   }
 }
 
+export interface MappingMemory { rssBytes: number; pssBytes: number; privateBytes: number }
+
+/**
+ * A QEMU process's resident memory split in two: the mapping of the guest's RAM file
+ * (`guestRamPath`; in a restored clone its private part is the pages the guest wrote since
+ * the restore) and everything else (QEMU itself: heap, libraries, under TCG the translated
+ * code). Null when the process is gone.
+ */
+export function guestRamSplit(pid: number, guestRamPath: string): { guestRam: MappingMemory; vmm: MappingMemory } | null {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/smaps`, 'utf8');
+  } catch {
+    return null;
+  }
+  const guestRam = { rssBytes: 0, pssBytes: 0, privateBytes: 0 };
+  const vmm = { rssBytes: 0, pssBytes: 0, privateBytes: 0 };
+  let into = vmm;
+  for (const line of text.split('\n')) {
+    // A mapping's header: "start-end perms offset dev inode [path]".
+    const header = /^[0-9a-f]+-[0-9a-f]+ \S+ \S+ \S+ \d+\s*(.*)$/.exec(line);
+    if (header) {
+      into = header[1] === guestRamPath ? guestRam : vmm;
+      continue;
+    }
+    const field = /^(Rss|Pss|Private_Clean|Private_Dirty):\s+(\d+) kB/.exec(line);
+    if (!field) continue;
+    const bytes = Number(field[2]) * 1024;
+    if (field[1] === 'Rss') into.rssBytes += bytes;
+    else if (field[1] === 'Pss') into.pssBytes += bytes;
+    else into.privateBytes += bytes;
+  }
+  return { guestRam, vmm };
+}
+
 export function selfRecord(): { pid: number; startTime: string } {
   return { pid: process.pid, startTime: processStartTime(process.pid) ?? '' };
 }

@@ -3,6 +3,7 @@ import { loadSpec, type EnvSpec } from '../env/spec.js';
 import { SnapshotStore } from '../snapshot/store.js';
 import type { StateStore } from '../state/db.js';
 import { restoreReady, type ReadyVm, type VmSource } from '../task/acquire.js';
+import { warmCommandPath } from '../task/warm-up.js';
 import { NotFoundError, PrewarmError, errorMessage } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import { MemoryBudget } from './budget.js';
@@ -103,7 +104,7 @@ export class WarmPools {
       if (!pool) {
         pool = new EnvPool(envName, {
           budget: this.budget, store: this.store, freshnessCheckMs: this.opts.freshnessCheckMs ?? 60_000,
-          restore: this.opts.restore ?? ((spec, id, vmId) => restoreReady(spec, id, this.store, { vmId })),
+          restore: this.opts.restore ?? ((spec, id, vmId) => this.restoreWarm(spec, id, vmId)),
           onChange: () => this.changed(),
         });
         this.pools.set(envName, pool);
@@ -117,6 +118,19 @@ export class WarmPools {
       pool.maintain();
     }
     this.changed();
+  }
+
+  /** A pool VM: restored, then its task's command path run once (see warmCommandPath). */
+  private async restoreWarm(spec: EnvSpec, snapshotId: string, vmId: string): Promise<ReadyVm> {
+    const ready = await restoreReady(spec, snapshotId, this.store, { vmId });
+    try {
+      await warmCommandPath(ready.guest, spec);
+    } catch (err) {
+      await ready.guest.agent.close().catch(() => {});
+      await ready.vm.destroy().catch(() => {});
+      throw err;
+    }
+    return ready;
   }
 
   private async specOf(envName: string): Promise<EnvSpec> {

@@ -53,15 +53,17 @@ async function makeEnv(): Promise<EnvSpec> {
   return loadSpec(specPath);
 }
 
-/** The task's output: the snapshot's marker, then the guest's clock in seconds. */
-async function markerTask(source: RunTaskOptions): Promise<{ result: TaskResult; marker: string; clockS: number }> {
+/** The task's output: the snapshot's marker, the guest's clock in seconds, and how many
+ * warm-up commands (a pool VM runs one before its hand-out) ran in the guest. */
+async function markerTask(source: RunTaskOptions): Promise<{ result: TaskResult; marker: string; clockS: number; warmUps: number }> {
   let out = '';
-  const result = await runTask(spec, { envName: ENV, commands: ['cat /root/pool-marker; date +%s'] },
+  const result = await runTask(spec, { envName: ENV,
+    commands: ['cat /root/pool-marker; date +%s; ls /var/log/prewarm | grep -c ^warm-up- || true'] },
     { ...source, onOutput: (chunk) => { out += chunk.toString(); } });
   if (result.vmId) made.push(result.vmId);
   expect(result.status, result.message ?? '').toBe('succeeded');
-  const [marker, clock] = out.trim().split('\n');
-  return { result, marker, clockS: Number(clock) };
+  const [marker, clock, warmUps] = out.trim().split('\n');
+  return { result, marker, clockS: Number(clock), warmUps: Number(warmUps) };
 }
 
 /** VMs of this environment that pools hold, by role file. */
@@ -96,8 +98,9 @@ describe('warm pools and the memory budget (real VMs)', () => {
       `pss ${Math.round(view.hostPssBytes / MiB)} MiB, tier ${TIER_MIB} MiB`);
     expect(view.hostPssBytes).toBeLessThan(TIER_MIB * MiB);
 
-    const { result, clockS } = await markerTask({ vmSource: pools.vmSource() });
+    const { result, clockS, warmUps } = await markerTask({ vmSource: pools.vmSource() });
     expect(result.vmId).toBe(pooledId);
+    expect(warmUps).toBe(1);
     expect(result.timingsMs.pool).toBeGreaterThanOrEqual(0);
     expect(result.timingsMs.restore).toBeUndefined();
     expect(Math.abs(clockS - Date.now() / 1000)).toBeLessThan(10);
@@ -125,6 +128,7 @@ describe('warm pools and the memory budget (real VMs)', () => {
     const after = await markerTask({ vmSource: pools!.vmSource() });
     expect(after.result.snapshotId).toBe(second.snapshotId);
     expect(after.marker).not.toBe(before.marker);
+    expect(after.warmUps).toBe(0);
     expect(oldPoolIds).not.toContain(after.result.vmId);
     expect(await pools!.take(ENV, firstSnapshotId)).toBeNull();
 

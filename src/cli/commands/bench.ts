@@ -26,6 +26,11 @@ export function renderBench(r: BenchReport): string {
     `memory: tier ${mib(r.memory.tierBytes)}, guest uses ${mib(r.memory.guestUsedBytes)}, idle clone RSS ` +
       `${mib(r.memory.idleCloneRssBytes)} (PSS ${mib(r.memory.idleClonePssBytes)}); host memory for 1 clone ` +
       `${mib(r.memory.oneCloneHostBytes)}, for ${r.memory.clones} clones ${mib(r.memory.tenClonesHostBytes)}`,
+    `  where it is (PSS; private): guest RAM of 1 clone ${mib(r.memory.split.oneClone.guestRamPssBytes)}; ` +
+      `${mib(r.memory.split.oneClone.guestRamPrivateBytes)}, QEMU itself ${mib(r.memory.split.oneClone.vmmPssBytes)}; ` +
+      `${mib(r.memory.split.oneClone.vmmPrivateBytes)}; all ${r.memory.clones}: guest RAM ` +
+      `${mib(r.memory.split.allClones.guestRamPssBytes)}; ${mib(r.memory.split.allClones.guestRamPrivateBytes)}, ` +
+      `QEMU ${mib(r.memory.split.allClones.vmmPssBytes)}; ${mib(r.memory.split.allClones.vmmPrivateBytes)}`,
     `density: ${r.density.clonesInBudget} idle clones in a ${mib(r.density.budgetBytes)} budget ` +
       `(${mib(r.density.perCloneBytes)} each after the first)`,
     '',
