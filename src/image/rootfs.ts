@@ -62,6 +62,11 @@ export function guestEnvFile(trust: HostTrust): string {
   return Object.entries(vars).map(([k, v]) => `${k}='${v.replace(/'/g, `'\\''`)}'`).join('\n') + '\n';
 }
 
+/** Shell that loads the guest's environment (and a runtime's, once a prepare installed one)
+ * into the current shell, exported. */
+export const GUEST_ENV_LOAD =
+  'set -a; . /etc/prewarm/env; [ -f /etc/prewarm/runtime.env ] && . /etc/prewarm/runtime.env; set +a';
+
 /** `prewarm-run CMD...`: runs CMD with the guest's environment (and a runtime's, once a
  * prepare installed one). Every command prewarm runs in a guest goes through it. */
 const RUN_WRAPPER = `#!/bin/sh
@@ -113,8 +118,7 @@ export async function configureRootfs(dir: string, trust: HostTrust): Promise<Re
   await writeFile(join(dir, 'usr/local/bin/prewarm-run'), RUN_WRAPPER, { mode: 0o755 });
   await mkdir(join(dir, 'etc/prewarm'), { recursive: true });
   await writeFile(join(dir, 'etc/prewarm/env'), guestEnvFile(trust));
-  await writeFile(join(dir, 'etc/profile.d/prewarm.sh'),
-    'set -a; . /etc/prewarm/env; [ -f /etc/prewarm/runtime.env ] && . /etc/prewarm/runtime.env; set +a\n');
+  await writeFile(join(dir, 'etc/profile.d/prewarm.sh'), `${GUEST_ENV_LOAD}\n`);
   await writeFile(join(dir, GUEST_CA), await readFile(trust.caBundlePath));
   await mkdir(join(dir, 'workspace'), { recursive: true });
 

@@ -1,3 +1,5 @@
+import { GUEST_ENV_LOAD } from '../image/rootfs.js';
+
 /**
  * The guest side of running one command under limits, as /bin/sh (dash) scripts passed to
  * the agent inline. Two entry points:
@@ -12,11 +14,13 @@
  * cannot take it down. The host calls `collect` itself when it killed `run` on a timeout.
  *
  * The task's variables reach the guest only in the agent's exec request (never a file), as
- * PREWARM_ENV_NAMES and PREWARM_ENV_<name>; ENV_PREFIX sets them after prewarm-run has
- * loaded the guest's environment, so the task's values win.
+ * PREWARM_ENV_NAMES and PREWARM_ENV_<name>; ENV_PREFIX sets them after the guest's environment
+ * is loaded (what prewarm-run does, done here in the shell), so the task's values win.
  *
- * Every process start costs about 0.15 s in a TCG guest, so the script uses shell builtins
- * (read, echo) wherever it can: running `true` takes five execs in all.
+ * Every process start costs 0.04-0.15 s in a TCG guest, so the script uses shell builtins
+ * (read, echo, `.`) wherever it can: running `true` takes three execs in all (this script's
+ * shell, the command's shell, true). The agent starts it without setsid: a timeout ends the
+ * command with cgroup.kill, and the script itself runs nothing else.
  *
  * Exit status 125 with a `prewarm-limits:` line on stderr means the script itself failed.
  */
@@ -92,7 +96,8 @@ run() {
   (
     echo 0 > "$cg/cgroup.procs" || exit 125
     cd -- "$5" || exit
-    exec /usr/local/bin/prewarm-run /bin/sh -c "$env_prefix$6"
+    ${GUEST_ENV_LOAD}
+    exec /bin/sh -c "$env_prefix$6"
   ) < /dev/null >> "$log" 2>&1 &
   wait $!
   echo "exit_code=$?"

@@ -24,7 +24,7 @@ export interface LimitedCommand {
   taskId: string;
   /** The command's position in the task; names its cgroup and its log. */
   index: number;
-  /** Run with `sh -c` through prewarm-run, which loads the guest's environment. */
+  /** Run with `sh -c` in the guest's environment (the one prewarm-run loads). */
   command: string;
   /** An absolute directory in the guest. */
   cwd: string;
@@ -69,7 +69,7 @@ export async function runLimited(guest: Guest, opts: LimitedCommand): Promise<Co
   });
 
   // The supervisor runs as plain sh: only the command needs the guest's environment, and it
-  // gets it from prewarm-run inside the cgroup.
+  // loads it inside the cgroup.
   const startedMs = performance.now();
   let exec: ExecResult | undefined;
   let values: Map<string, string>;
@@ -81,6 +81,7 @@ export async function runLimited(guest: Guest, opts: LimitedCommand): Promise<Co
         String(opts.memoryLimitBytes), String(opts.pidsMax), opts.cwd, opts.command],
       env: scriptEnv(DEFAULT_ENV, opts.env ?? {}),
       timeoutMs: opts.timeoutMs,
+      newSession: false,
     });
     durationMs = Math.round(performance.now() - startedMs);
 
