@@ -5,7 +5,7 @@ import { openState } from '../../state/db.js';
 import { submitAndRun } from '../../task/record.js';
 import { budgetedVmSource } from '../../pool/source.js';
 import type { TaskResult } from '../../task/types.js';
-import { CancelledError, InputError, NotFoundError } from '../../util/errors.js';
+import { CancelledError, InputError, NotFoundError, PrewarmError } from '../../util/errors.js';
 import { shellQuote } from '../../guest/guest.js';
 import { mib, report, table } from '../output.js';
 import { renderResult } from '../render.js';
@@ -78,7 +78,13 @@ export function registerTask(program: Command): void {
           signal: cancel.signal,
         });
         if (!result) return;
-        if (opts.diffOnly) process.stdout.write(result.diff?.patchBytes ?? '');
+        if (opts.diffOnly) {
+          process.stdout.write(result.diff?.patchBytes ?? '');
+          if (result.diff?.stats.tooLarge) {
+            process.stderr.write(`prewarm: the diff of task ${result.taskId} is too large ` +
+              `(${result.diff.stats.sizeBytes} bytes) and was not kept\n`);
+          }
+        }
         else if (g.json) report(true, { ...result, diff: result.diff && { ...result.diff, patchBytes: undefined } }, () => '');
         else {
           // The patch goes out as its exact bytes: files need not be UTF-8.
@@ -125,7 +131,16 @@ export function registerTask(program: Command): void {
         const t = await state.tasks.get(id);
         if (!t) throw new NotFoundError(`no task ${id}; \`prewarm task ls\` lists tasks`);
         if (opts.diff) {
-          process.stdout.write((await state.taskLogs.getDiff(id))?.patch ?? '');
+          const diff = await state.taskLogs.getDiff(id);
+          if (!diff) {
+            throw new PrewarmError('NO_DIFF', `task ${id} has no diff (status ${t.status}); a diff is stored ` +
+              'once the task\'s commands have run');
+          }
+          if (diff.tooLarge) {
+            throw new PrewarmError('DIFF_TOO_LARGE', `the diff of task ${id} is too large ` +
+              `(${Number(diff.stats.sizeBytes ?? 0)} bytes) and was not kept; make the task's change smaller`);
+          }
+          process.stdout.write(diff.patch);
         } else if (opts.log) {
           for (const c of await state.taskLogs.read(id, 0, 100_000)) if (c.stream === 'output') process.stdout.write(c.data);
         } else {
