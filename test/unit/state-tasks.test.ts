@@ -1,98 +1,83 @@
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { openState, type Runner, type State } from '../../src/state/db.js';
+import { describe, expect, it } from 'vitest';
+import { openState, type Runner } from '../../src/state/db.js';
 import { InputError, NotFoundError } from '../../src/util/errors.js';
+import { useTempState } from './temp-state.js';
 
 const REPO_ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
 const RUNNER_A: Runner = { pid: 1001, startTime: '5000' };
 const RUNNER_B: Runner = { pid: 1002, startTime: '6000' };
 
-let dir: string;
-let path: string;
-let state: State;
-let clockMs: number;
 
-beforeEach(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'prewarm-state-'));
-  path = join(dir, 'state.db');
-  clockMs = 1_700_000_000_000;
-  state = openState(path, { nowMs: () => clockMs });
-});
-
-afterEach(async () => {
-  state.close();
-  await rm(dir, { recursive: true, force: true });
-});
+const t = useTempState();
 
 describe('tasks', () => {
   it('creates queued tasks, claims the oldest first, and finishes them', async () => {
-    const first = await state.tasks.create({ envName: 'web', request: { commands: ['npm test'], commit: 'abc' } });
-    const second = await state.tasks.create({ envName: 'api', request: { commands: ['pytest'] } });
+    const first = await t.state.tasks.create({ envName: 'web', request: { commands: ['npm test'], commit: 'abc' } });
+    const second = await t.state.tasks.create({ envName: 'api', request: { commands: ['pytest'] } });
     expect(first.id).toMatch(/^task-[0-9a-f]{12}$/);
     expect(first).toMatchObject({ status: 'queued', runner: null, startedAt: null, result: null });
 
-    clockMs += 10;
-    const claimed = await state.tasks.claimNext(RUNNER_A);
+    t.clockMs += 10;
+    const claimed = await t.state.tasks.claimNext(RUNNER_A);
     expect(claimed).toMatchObject({ id: first.id, status: 'running', runner: RUNNER_A });
-    expect(claimed?.startedAt?.getTime()).toBe(clockMs);
-    expect(await state.tasks.claimNext(RUNNER_B, { envName: 'web' })).toBeUndefined();
+    expect(claimed?.startedAt?.getTime()).toBe(t.clockMs);
+    expect(await t.state.tasks.claimNext(RUNNER_B, { envName: 'web' })).toBeUndefined();
 
-    await state.tasks.attachVm(first.id, { vmId: 'vm-1', snapshotId: 'snap-1' });
+    await t.state.tasks.attachVm(first.id, { vmId: 'vm-1', snapshotId: 'snap-1' });
     const result = { exitCode: 0, peakMemoryBytes: 612 * 2 ** 20, commands: [{ exitCode: 0 }] };
-    expect(await state.tasks.markFinished(first.id, 'succeeded', result)).toBe(true);
-    expect(await state.tasks.get(first.id)).toMatchObject({
+    expect(await t.state.tasks.markFinished(first.id, 'succeeded', result)).toBe(true);
+    expect(await t.state.tasks.get(first.id)).toMatchObject({
       status: 'succeeded', result, peakMemoryBytes: 612 * 2 ** 20, vmId: 'vm-1', snapshotId: 'snap-1',
     });
 
     // A finished task stays finished; a queued one can be cancelled but not succeed.
-    expect(await state.tasks.markFinished(first.id, 'failed', null)).toBe(false);
-    expect(await state.tasks.markError(first.id, 'late')).toBe(false);
-    expect(await state.tasks.markFinished(second.id, 'succeeded', null)).toBe(false);
-    expect(await state.tasks.markFinished(second.id, 'cancelled', null)).toBe(true);
-    await expect(state.tasks.markFinished(second.id, 'running' as 'failed', null)).rejects.toThrow(InputError);
-    await expect(state.tasks.markError('task-000000000000', 'x')).rejects.toThrow(NotFoundError);
-    expect(await state.tasks.get('task-000000000000')).toBeUndefined();
+    expect(await t.state.tasks.markFinished(first.id, 'failed', null)).toBe(false);
+    expect(await t.state.tasks.markError(first.id, 'late')).toBe(false);
+    expect(await t.state.tasks.markFinished(second.id, 'succeeded', null)).toBe(false);
+    expect(await t.state.tasks.markFinished(second.id, 'cancelled', null)).toBe(true);
+    await expect(t.state.tasks.markFinished(second.id, 'running' as 'failed', null)).rejects.toThrow(InputError);
+    await expect(t.state.tasks.markError('task-000000000000', 'x')).rejects.toThrow(NotFoundError);
+    expect(await t.state.tasks.get('task-000000000000')).toBeUndefined();
   });
 
   it('lists newest first, filtered by env, status and limit', async () => {
     const ids: string[] = [];
     for (const envName of ['web', 'api', 'web', 'web']) {
-      clockMs += 1;
-      ids.push((await state.tasks.create({ envName, request: { commands: [] } })).id);
+      t.clockMs += 1;
+      ids.push((await t.state.tasks.create({ envName, request: { commands: [] } })).id);
     }
-    await state.tasks.claimNext(RUNNER_A);
-    await state.tasks.markError(ids[1], 'no snapshot');
+    await t.state.tasks.claimNext(RUNNER_A);
+    await t.state.tasks.markError(ids[1], 'no snapshot');
 
-    expect((await state.tasks.list()).map((t) => t.id)).toEqual([...ids].reverse());
-    expect((await state.tasks.list({ envName: 'web', limit: 2 })).map((t) => t.id)).toEqual([ids[3], ids[2]]);
-    expect((await state.tasks.list({ status: 'running' })).map((t) => t.id)).toEqual([ids[0]]);
-    expect((await state.tasks.list({ status: ['error', 'running'] })).map((t) => t.id)).toEqual([ids[1], ids[0]]);
-    expect((await state.tasks.get(ids[1]))?.error).toBe('no snapshot');
-    await expect(state.tasks.list({ limit: 0 })).rejects.toThrow(InputError);
+    expect((await t.state.tasks.list()).map((t) => t.id)).toEqual([...ids].reverse());
+    expect((await t.state.tasks.list({ envName: 'web', limit: 2 })).map((t) => t.id)).toEqual([ids[3], ids[2]]);
+    expect((await t.state.tasks.list({ status: 'running' })).map((t) => t.id)).toEqual([ids[0]]);
+    expect((await t.state.tasks.list({ status: ['error', 'running'] })).map((t) => t.id)).toEqual([ids[1], ids[0]]);
+    expect((await t.state.tasks.get(ids[1]))?.error).toBe('no snapshot');
+    await expect(t.state.tasks.list({ limit: 0 })).rejects.toThrow(InputError);
   });
 
   it('recovers running tasks whose runner is dead, and only those', async () => {
-    for (let i = 0; i < 3; i++) await state.tasks.create({ envName: 'web', request: { commands: [] } });
-    const dead = await state.tasks.claimNext(RUNNER_A);
-    const alive = await state.tasks.claimNext(RUNNER_B);
-    const queued = (await state.tasks.list({ status: 'queued' }))[0];
+    for (let i = 0; i < 3; i++) await t.state.tasks.create({ envName: 'web', request: { commands: [] } });
+    const dead = await t.state.tasks.claimNext(RUNNER_A);
+    const alive = await t.state.tasks.claimNext(RUNNER_B);
+    const queued = (await t.state.tasks.list({ status: 'queued' }))[0];
 
-    const recovered = await state.tasks.recoverOrphans((runner) => runner.pid === RUNNER_B.pid);
+    const recovered = await t.state.tasks.recoverOrphans((runner) => runner.pid === RUNNER_B.pid);
     expect(recovered.map((t) => t.id)).toEqual([dead!.id]);
     expect(recovered[0]).toMatchObject({
       status: 'error',
       error: 'prewarm stopped while the task was running (runner pid 1001 is gone); submit it again',
     });
-    expect((await state.tasks.get(alive!.id))?.status).toBe('running');
-    expect((await state.tasks.get(queued.id))?.status).toBe('queued');
+    expect((await t.state.tasks.get(alive!.id))?.status).toBe('running');
+    expect((await t.state.tasks.get(queued.id))?.status).toBe('queued');
 
     // The presumed-dead runner reporting late does not overwrite the recovery.
-    expect(await state.tasks.markFinished(dead!.id, 'succeeded', {})).toBe(false);
-    expect(await state.tasks.recoverOrphans(() => true)).toEqual([]);
+    expect(await t.state.tasks.markFinished(dead!.id, 'succeeded', {})).toBe(false);
+    expect(await t.state.tasks.recoverOrphans(() => true)).toEqual([]);
   });
 
   it('reports recent peaks for right-sizing', async () => {
@@ -100,25 +85,25 @@ describe('tasks', () => {
       ['succeeded', 100], ['oom_killed', 2048], ['failed', undefined], ['succeeded', 300],
     ];
     for (const [status, peak] of peaks) {
-      clockMs += 1;
-      await state.tasks.create({ envName: 'web', request: { commands: [] } });
-      const task = await state.tasks.claimNext(RUNNER_A);
-      await state.tasks.markFinished(task!.id, status as 'succeeded', { peakMemoryBytes: peak });
+      t.clockMs += 1;
+      await t.state.tasks.create({ envName: 'web', request: { commands: [] } });
+      const task = await t.state.tasks.claimNext(RUNNER_A);
+      await t.state.tasks.markFinished(task!.id, status as 'succeeded', { peakMemoryBytes: peak });
     }
-    const recent = await state.tasks.peaks('web', 2);
+    const recent = await t.state.tasks.peaks('web', 2);
     expect(recent.map((p) => [p.status, p.peakMemoryBytes])).toEqual([['succeeded', 300], ['oom_killed', 2048]]);
-    expect(await state.tasks.peaks('api')).toEqual([]);
+    expect(await t.state.tasks.peaks('api')).toEqual([]);
   });
 
   it('never hands one task to two connections to the same file', async () => {
-    const other = openState(path);
+    const other = openState(t.path);
     try {
       for (let round = 0; round < 20; round++) {
-        for (let i = 0; i < 10; i++) await state.tasks.create({ envName: 'web', request: { round } });
+        for (let i = 0; i < 10; i++) await t.state.tasks.create({ envName: 'web', request: { round } });
         const seen = new Set<string>();
         // Alternate connections, with claims issued together, until the queue is empty.
         for (;;) {
-          const claims = await Promise.all([state.tasks.claimNext(RUNNER_A), other.tasks.claimNext(RUNNER_B)]);
+          const claims = await Promise.all([t.state.tasks.claimNext(RUNNER_A), other.tasks.claimNext(RUNNER_B)]);
           const ids = claims.filter((t) => t !== undefined).map((t) => t.id);
           for (const id of ids) {
             expect(seen.has(id)).toBe(false);
@@ -136,18 +121,18 @@ describe('tasks', () => {
   it('never hands one task to two processes claiming at once', async () => {
     const TASKS = 300;
     const WORKERS = 3;
-    for (let i = 0; i < TASKS; i++) await state.tasks.create({ envName: 'web', request: { i } });
+    for (let i = 0; i < TASKS; i++) await t.state.tasks.create({ envName: 'web', request: { i } });
 
-    const results = await claimInChildren(path, WORKERS);
+    const results = await claimInChildren(t.path, WORKERS);
     const all = results.flatMap((r) => r.ids);
     // They really raced: more than one process won some of the claims.
     expect(results.filter((r) => r.ids.length > 0).length).toBeGreaterThan(1);
     expect(new Set(all).size).toBe(all.length);
     expect(all.length).toBe(TASKS);
     for (const { pid, ids } of results) {
-      for (const id of ids.slice(0, 5)) expect((await state.tasks.get(id))?.runner?.pid).toBe(pid);
+      for (const id of ids.slice(0, 5)) expect((await t.state.tasks.get(id))?.runner?.pid).toBe(pid);
     }
-    expect(await state.tasks.list({ status: ['queued', 'running'] })).toEqual([]);
+    expect(await t.state.tasks.list({ status: ['queued', 'running'] })).toEqual([]);
   }, 60_000);
 });
 
