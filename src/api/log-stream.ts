@@ -4,6 +4,9 @@ import type { LogChunk, StateStore, TaskStatus } from '../state/db.js';
 import type { LogEntry } from './schemas.js';
 
 const KEEPALIVE_MS = 15_000;
+/** Chunks read per round. A stored chunk is at most 1 MiB, so a stream holds a few MiB at a
+ * time however large the log, and other requests get the event loop between rounds. */
+const READ_BATCH = 8;
 const OPEN: readonly TaskStatus[] = ['queued', 'running'];
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
@@ -82,13 +85,16 @@ export class LogStreams {
       while (!closed && this.open.has(res)) {
         const task = await this.state.tasks.get(taskId);
         const ended = !task || (!OPEN.includes(task.status) && !this.isActive(taskId));
-        const chunks = await this.state.taskLogs.read(taskId, seq);
+        const chunks = await this.state.taskLogs.read(taskId, seq, READ_BATCH);
         for (const chunk of chunks) {
           await write(res, `id: ${chunk.seq}\nevent: ${chunk.stream}\ndata: ${JSON.stringify(logEntry(chunk))}\n\n`);
           seq = chunk.seq;
           lastWriteMs = Date.now();
         }
-        if (chunks.length > 0) continue;
+        if (chunks.length > 0) {
+          await new Promise((resolve) => setImmediate(resolve));
+          continue;
+        }
         if (ended) {
           await write(res, `event: end\ndata: ${JSON.stringify({ status: task?.status ?? 'unknown' })}\n\n`);
           break;

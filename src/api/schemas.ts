@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { POOL_MAX_SIZE } from '../pool/size.js';
 import { TASK_STATUSES } from '../state/tasks.js';
 
 /**
@@ -48,7 +49,7 @@ requestSchemas.add(PrepareRequest, { id: 'PrepareRequest' });
 
 export const CreateTaskRequest = z.strictObject({
   envName: EnvName.describe('A registered environment'),
-  commands: z.array(z.string().min(1).max(100_000)).min(1).max(1000)
+  commands: z.array(z.string().min(1).max(100_000).refine((c) => !c.includes('\0'), 'must not contain a NUL byte')).min(1).max(1000)
     .describe('Shell commands run one after another in the repository; the first failure stops'),
   commit: z.string().min(1).max(200).optional()
     .describe("Check out this commit (or ref of the environment's repository) first"),
@@ -60,7 +61,7 @@ export const CreateTaskRequest = z.strictObject({
 requestSchemas.add(CreateTaskRequest, { id: 'CreateTaskRequest' });
 
 export const SetPoolRequest = z.strictObject({
-  targetSize: z.number().int().min(0).max(10_000)
+  targetSize: z.number().int().min(0).max(POOL_MAX_SIZE)
     .describe('How many warm VMs to keep restored for the environment'),
 });
 requestSchemas.add(SetPoolRequest, { id: 'SetPoolRequest' });

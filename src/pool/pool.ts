@@ -14,6 +14,7 @@ import { budgetedVmSource, type BudgetedSourceOptions } from './source.js';
 
 export type { PoolView } from './env-pool.js';
 
+
 export interface WarmPoolsOptions {
   state: StateStore;
   budget?: MemoryBudget;

@@ -192,6 +192,7 @@ describe('pools', () => {
     expect(bad.statusCode).toBe(400);
     expect(bad.json().error.fields.map((f: { field: string }) => f.field).sort()).toEqual(['extra', 'targetSize']);
     expect((await call('PUT', '/v1/pools/nope', { targetSize: 1 })).statusCode).toBe(404);
+    expect((await call('PUT', '/v1/pools/web', { targetSize: 1001 })).statusCode).toBe(400);
   });
 });
 
@@ -211,6 +212,10 @@ describe('tasks', () => {
     const fields = res.json().error.fields.map((f: { field: string }) => f.field).sort();
     expect(fields).toEqual(['commands', 'shell', 'timeoutSeconds']);
     expect(res.json().error.message).toContain('commands');
+
+    const nul = await call('POST', '/v1/tasks', { envName: 'web', commands: ['true', 'echo \u0000 nul'] });
+    expect(nul.statusCode).toBe(400);
+    expect(nul.json().error.fields).toEqual([expect.objectContaining({ field: 'commands.1', message: expect.stringContaining('NUL') })]);
 
     const noEnv = await call('POST', '/v1/tasks', { commands: ['x'] });
     expect(noEnv.json().error.fields.map((f: { field: string }) => f.field)).toEqual(['envName']);

@@ -1,8 +1,10 @@
+import { availableParallelism } from 'node:os';
 import type { Command } from 'commander';
 import { loadSpec, resolveTier, TIERS, type TierName } from '../../env/spec.js';
 import { gib } from '../../pool/budget.js';
 import { readManager } from '../../pool/manager-file.js';
 import { WarmPools, type PoolView } from '../../pool/pool.js';
+import { IDLE_VM_CORE_SHARE, POOL_MAX_SIZE } from '../../pool/size.js';
 import { HEADROOM, rightSize } from '../../pool/right-size.js';
 import { poolsReport } from '../../pool/status.js';
 import { openState } from '../../state/db.js';
@@ -11,9 +13,23 @@ import { globals } from '../globals.js';
 import { mib, report, table } from '../output.js';
 
 function whole(flag: string, value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 0) throw new InputError(`${flag} must be a whole number >= 0, got "${value}"`);
+  const n = /^\d{1,9}$/.test(value) ? Number(value) : NaN;
+  if (!Number.isInteger(n)) throw new InputError(`${flag} must be a whole number >= 0, got "${value}"`);
   return n;
+}
+
+function poolSize(value: string): number {
+  const n = /^\d{1,9}$/.test(value) ? Number(value) : NaN;
+  if (!(n <= POOL_MAX_SIZE)) throw new InputError(`--size must be a whole number from 0 to ${POOL_MAX_SIZE}, got "${value}"`);
+  return n;
+}
+
+/** Said when a pool's idle VMs would take a good part of the host's cores. */
+function cpuWarning(size: number): string {
+  const cores = availableParallelism();
+  const share = size * IDLE_VM_CORE_SHARE;
+  return share < cores / 4 ? '' : `\nnote: ${size} idle VMs use about ${share.toFixed(1)} of this host's ${cores} ` +
+    `cores under TCG (${IDLE_VM_CORE_SHARE * 100}% of a core each), which slows the tasks they serve`;
 }
 
 export function registerPool(program: Command): void {
@@ -25,7 +41,7 @@ export function registerPool(program: Command): void {
     .requiredOption('--size <n>', 'VMs to keep ready')
     .action(async (envName: string, opts: { size: string }) => {
       const g = globals(program);
-      const size = whole('--size', opts.size);
+      const size = poolSize(opts.size);
       const state = openState();
       try {
         const target = size === 0 ? (await state.pools.remove(envName), { envName, targetSize: 0 })
@@ -35,7 +51,7 @@ export function registerPool(program: Command): void {
           : manager ? `process ${manager.pid} keeps it filled`
             : 'no process keeps pools filled now: run `prewarm pool run` (or `prewarm serve`)';
         report(g.json, { ...target, managerPid: manager?.pid ?? null }, () =>
-          `${envName}: ${size === 0 ? 'pool removed' : `pool of ${size}`}; ${keeper}`);
+          `${envName}: ${size === 0 ? 'pool removed' : `pool of ${size}`}; ${keeper}${cpuWarning(size)}`);
       } finally {
         state.close();
       }

@@ -1,3 +1,4 @@
+import { once } from 'node:events';
 import type { Command } from 'commander';
 import { readFile } from 'node:fs/promises';
 import { specFor } from '../../env/lookup.js';
@@ -142,7 +143,14 @@ export function registerTask(program: Command): void {
           }
           process.stdout.write(diff.patch);
         } else if (opts.log) {
-          for (const c of await state.taskLogs.read(id, 0, 100_000)) if (c.stream === 'output') process.stdout.write(c.data);
+          // A few chunks (at most 1 MiB each) at a time, waiting for the pipe to take them.
+          for (let seq = 0, chunks = await state.taskLogs.read(id, seq, 8); chunks.length > 0;
+            chunks = await state.taskLogs.read(id, seq, 8)) {
+            for (const c of chunks) {
+              seq = c.seq;
+              if (c.stream === 'output' && !process.stdout.write(c.data)) await once(process.stdout, 'drain');
+            }
+          }
         } else {
           report(g.json, t, () => t.result ? renderResult(t.result as unknown as TaskResult)
             : `task ${t.id}: ${t.status}${t.error ? ` — ${t.error}` : ''}`);

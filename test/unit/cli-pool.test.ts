@@ -1,0 +1,16 @@
+import { describe, expect, it } from 'vitest';
+import { prewarmCli } from '../vm/cli.js';
+import { useTempHome } from './temp-home.js';
+
+describe('prewarm pool set --size', () => {
+  useTempHome('prewarm-cli-pool-');
+
+  it('takes only a plain whole number up to the API\'s limit', async () => {
+    const env = { PREWARM_HOME: process.env.PREWARM_HOME };
+    for (const size of ['1e9', '1001', '', '0x2', ' 2', '-1', '1.5']) {
+      const r = await prewarmCli(['pool', 'set', 'web', '--size', size], { env });
+      expect(r.exitCode, size).toBe(1);
+      expect(r.stderr, size).toContain(`--size must be a whole number from 0 to 1000, got "${size}"`);
+    }
+  }, 120_000);
+});
