@@ -48,6 +48,10 @@ export function installErrorHandlers(app: FastifyInstance): void {
     if (err instanceof PrewarmError && err.code === 'CONFLICT') {
       return reply.code(409).send(errorBody(err.code, err.message));
     }
+    // What the service depends on (the repository's remote) failed, not the service.
+    if (err instanceof PrewarmError && err.code === 'REPO_UNREACHABLE') {
+      return reply.code(502).send(errorBody(err.code, err.message));
+    }
     const status = (err as FastifyError).statusCode;
     if (status !== undefined && status >= 400 && status < 500) {
       return reply.code(status).send(errorBody((err as FastifyError).code ?? 'BAD_REQUEST', err.message));

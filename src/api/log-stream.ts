@@ -29,7 +29,8 @@ export function logEntry(chunk: LogChunk): LogEntry {
  * too.
  */
 export class LogStreams {
-  private readonly open = new Set<ServerResponse>();
+  /** Open streams and the task each follows. */
+  private readonly open = new Map<ServerResponse, string>();
   private readonly waiting = new Map<string, Set<() => void>>();
   private readonly unsubscribe: () => void;
 
@@ -73,7 +74,7 @@ export class LogStreams {
       connection: 'keep-alive',
       'x-accel-buffering': 'no',
     });
-    this.open.add(res);
+    this.open.set(res, taskId);
     let closed = false;
     res.on('close', () => {
       closed = true;
@@ -111,10 +112,31 @@ export class LogStreams {
     }
   }
 
+  /**
+   * At shutdown, once running tasks are done: let each stream whose task has ended send what
+   * is left and its `end` event, for `timeoutMs` at most. Streams of tasks still queued stay
+   * open (closeAll ends them).
+   */
+  async settle(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    const endedOnes = async () => {
+      const ended: string[] = [];
+      for (const taskId of new Set(this.open.values())) {
+        const task = await this.state.tasks.get(taskId);
+        if (!task || (!OPEN.includes(task.status) && !this.isActive(taskId))) ended.push(taskId);
+      }
+      return ended;
+    };
+    for (let ended = await endedOnes(); ended.length > 0 && Date.now() < deadline; ended = await endedOnes()) {
+      for (const taskId of ended) this.notify(taskId);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  }
+
   /** End every open stream (shutdown); clients resume with Last-Event-ID elsewhere. */
   closeAll(): void {
     this.unsubscribe();
-    for (const res of this.open) res.end();
+    for (const res of this.open.keys()) res.end();
     this.open.clear();
     for (const taskId of [...this.waiting.keys()]) this.notify(taskId);
   }

@@ -77,7 +77,10 @@ export const routes = {
     method: 'GET', url: '/v1/environments/:name/status', operationId: 'environmentStatus',
     tag: 'environments', params: s.EnvParams,
     summary: 'Fresh, stale (and which input changed) or missing',
-    responses: { 200: json('Status', s.EnvironmentStatus), 404: notFound('environment') },
+    responses: {
+      200: json('Status', s.EnvironmentStatus), 404: notFound('environment'),
+      502: json('The repository cannot be reached, so freshness is unknown (REPO_UNREACHABLE)', s.ErrorResponse),
+    },
   },
   prepareEnvironment: {
     method: 'POST', url: '/v1/environments/:name/prepare', operationId: 'prepareEnvironment',

@@ -127,6 +127,7 @@ async function drain(api: Api, queue: TaskQueue, state: StateStore, graceMs: num
     api.jobs.settled().then(() => true),
     new Promise<false>((resolve) => setTimeout(resolve, Math.max(0, deadline - Date.now()), false).unref()),
   ]);
+  await api.streams.settle(2_000);
   api.streams.closeAll();
   await closed;
 

@@ -1,4 +1,5 @@
 import { Command, Option } from 'commander';
+import { InputError } from '../util/errors.js';
 import { setLogLevel } from '../util/log.js';
 import { printError } from './output.js';
 import { globals } from './globals.js';
@@ -12,6 +13,10 @@ import { registerBench } from './commands/bench.js';
 import { registerServe } from './commands/serve.js';
 import { registerPool, registerUsage } from './commands/pool.js';
 
+/** The commands that have a remote mode; any other refuses --remote rather than act on
+ * this host's state while the user meant a service's. */
+const REMOTE_COMMANDS = new Set(['env prepare', 'env status', 'env ls', 'task run', 'task ls', 'task show', 'task cancel']);
+
 const program = new Command();
 program
   .name('prewarm')
@@ -22,9 +27,15 @@ program
     'token from PREWARM_TOKEN or --token-file').env('PREWARM_REMOTE'))
   .addOption(new Option('--token-file <file>', 'the service\'s API token file (default: PREWARM_HOME/api-token)')
     .env('PREWARM_TOKEN_FILE'))
-  .hook('preAction', async () => {
+  .hook('preAction', async (_program, action) => {
     const g = globals(program);
     setLogLevel(process.env.PREWARM_LOG_LEVEL ?? (g.verbose ? 'debug' : 'error'));
+    const name = [action.parent?.name(), action.name()].filter((n) => n && n !== 'prewarm').join(' ');
+    if (program.opts().remote && !REMOTE_COMMANDS.has(name)) {
+      throw new InputError(`\`prewarm ${name}\` has no remote mode and would act on this host, not on ` +
+        `${program.opts().remote}; remote mode covers ${[...REMOTE_COMMANDS].join(', ')} (a service's pools: ` +
+        'PUT /v1/pools/ENV, or the SDK\'s setPool). Drop --remote (or unset PREWARM_REMOTE) to run it here.');
+    }
     // A remote command runs nothing here, so there is nothing of this host to tidy.
     if (!program.opts().remote) await reapLeftovers();
   });

@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { tokenPath } from '../api/auth.js';
-import { PrewarmClient, type TaskView } from '../sdk/client.js';
+import { PrewarmApiError, PrewarmClient, type TaskView } from '../sdk/client.js';
 import type { TaskResult } from '../task/types.js';
 import { InputError, NotFoundError } from '../util/errors.js';
 import { mib, report, table } from './output.js';
@@ -85,26 +85,44 @@ export async function remoteTaskRun(remote: Remote, nameOrPath: string, opts: Re
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  let endStatus: string | undefined;
   try {
-    for await (const entry of remote.client.logEntries(created.id)) {
-      if (!live) continue;
-      const data = entry.text ?? Buffer.from(entry.base64 ?? '', 'base64');
-      if (entry.stream === 'output') process.stdout.write(data);
-      else process.stderr.write(`prewarm: ${String(data).trimEnd()}\n`);
-    }
-    const task = await remote.client.waitForTask(created.id, { timeoutMs: 60_000 });
-    const patch = await remote.client.getDiffBytes(task.id).catch(() => Buffer.alloc(0));
-    if (opts.diffOnly) process.stdout.write(patch);
-    else if (opts.json) report(true, task, () => '');
-    else {
-      process.stdout.write(`\n${renderRemoteTask(task)}\n`);
-      if (patch.length > 0) process.stdout.write(Buffer.concat([Buffer.from('\n'), patch]));
-    }
-    process.exitCode = task.status === 'succeeded' ? 0 : task.status === 'cancelled' ? 130 : 2;
+    await followRemoteTask(remote, created.id, live, opts, (status) => { endStatus = status; });
+  } catch (err) {
+    // The service went away (a restart, a shutdown): the task itself may be fine there.
+    if (!(err instanceof PrewarmApiError) || (err.status !== 0 && err.status !== 503)) throw err;
+    const show = `prewarm --remote ${remote.url} task show ${created.id}`;
+    process.stderr.write(endStatus
+      ? `prewarm: task ${created.id} ended ${endStatus}, but the service went away before its result and ` +
+        `diff could be fetched (${err.message}); once it answers: ${show} [--diff]\n`
+      : `prewarm: lost the service while following task ${created.id}: ${err.message}\n` +
+        `prewarm: the task is recorded there; once it answers: ${show}\n`);
+    process.exitCode = endStatus === 'succeeded' ? 0 : endStatus === 'cancelled' ? 130 : 2;
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
+}
+
+/** Print the task's log as it comes, then its result and patch; sets the exit code. */
+async function followRemoteTask(
+  remote: Remote, taskId: string, live: boolean, opts: RemoteRunOptions, onEnd: (status: string) => void,
+): Promise<void> {
+  for await (const entry of remote.client.logEntries(taskId, { onEnd })) {
+    if (!live) continue;
+    const data = entry.text ?? Buffer.from(entry.base64 ?? '', 'base64');
+    if (entry.stream === 'output') process.stdout.write(data);
+    else process.stderr.write(`prewarm: ${String(data).trimEnd()}\n`);
+  }
+  const task = await remote.client.waitForTask(taskId, { timeoutMs: 60_000 });
+  const patch = await remote.client.getDiffBytes(task.id).catch(() => Buffer.alloc(0));
+  if (opts.diffOnly) process.stdout.write(patch);
+  else if (opts.json) report(true, task, () => '');
+  else {
+    process.stdout.write(`\n${renderRemoteTask(task)}\n`);
+    if (patch.length > 0) process.stdout.write(Buffer.concat([Buffer.from('\n'), patch]));
+  }
+  process.exitCode = task.status === 'succeeded' ? 0 : task.status === 'cancelled' ? 130 : 2;
 }
 
 /** A task as the service reports it: the result block when it has one, else its status. */

@@ -71,7 +71,11 @@ export class EnvPool {
     this.spec = spec;
     if (opts.full) this.checkedAtMs = 0;
     this.refreshing = this.refreshing.then(() => this.check(spec))
-      .catch((err) => this.unavailable(`cannot check the snapshot: ${errorMessage(err)}`));
+      .catch((err) => {
+        // An unreachable repository is asked again after freshnessCheckMs, not every tick.
+        this.checkedAtMs = Date.now();
+        this.unavailable(`cannot check the snapshot: ${errorMessage(err)}`);
+      });
     return this.refreshing;
   }
 

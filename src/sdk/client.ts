@@ -54,6 +54,8 @@ export interface LogOptions {
   after?: number;
   /** Reconnects when the stream drops before the task ended; default 5. */
   maxReconnects?: number;
+  /** Told the task's final status when the stream ends with it. */
+  onEnd?: (status: string) => void;
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -153,14 +155,26 @@ export class PrewarmClient {
       const res = await this.request('GET', `/v1/tasks/${enc(id)}/log?after=${after}`, undefined,
         { accept: 'text/event-stream' });
       if (!res.body) throw new PrewarmApiError(res.status, 'NO_BODY', `log stream of task ${id} has no body`);
-      for await (const event of parseSse(res.body)) {
-        if (event.event === 'end') return;
-        if (event.event !== 'output' && event.event !== 'event') continue;
-        const entry = JSON.parse(event.data) as LogEntry;
-        after = entry.seq;
-        reconnects = 0;
-        yield entry;
+      let ended = false;
+      try {
+        for await (const event of parseSse(res.body)) {
+          if (event.event === 'end') {
+            ended = true;
+            opts.onEnd?.(String((JSON.parse(event.data) as { status?: unknown }).status ?? 'unknown'));
+            break;
+          }
+          if (event.event !== 'output' && event.event !== 'event') continue;
+          const entry = JSON.parse(event.data) as LogEntry;
+          after = entry.seq;
+          reconnects = 0;
+          yield entry;
+        }
+      } catch (err) {
+        // The connection broke mid-stream (fetch says "terminated"; the service died or
+        // restarted): resume below, like a stream that ended early.
+        if (!(err instanceof TypeError)) throw err;
       }
+      if (ended) return;
       // The connection ended before the task did (a proxy, a restart): resume where we were.
       if (++reconnects > (opts.maxReconnects ?? 5)) {
         throw new PrewarmApiError(0, 'STREAM_ENDED', `the log stream of task ${id} kept ending before the task did`);

@@ -47,7 +47,18 @@ export interface RunTaskOptions {
 /** Pick the snapshot a task runs on: the fresh one, a rebuilt one, or (when the user allows
  * it) the newest stale one. A stale snapshot is never used silently. */
 async function chooseSnapshot(spec: EnvSpec, req: TaskRequest, store: SnapshotStore, say: (m: string) => void): Promise<{ snapshotId: string; prepareMs: number }> {
-  const status = await envStatus(spec, store);
+  let status: Awaited<ReturnType<typeof envStatus>>;
+  try {
+    status = await envStatus(spec, store);
+  } catch (err) {
+    // Freshness unknown (the repository's remote is down): a user who allows a stale
+    // snapshot gets the newest one, told why.
+    const newest = req.allowStale && err instanceof PrewarmError && err.code === 'REPO_UNREACHABLE'
+      ? (await store.list({ envName: spec.name })).find((s) => s.valid) : undefined;
+    if (!newest) throw err;
+    say(`cannot tell whether snapshot ${newest.id} is fresh (${errorMessage(err)}); running on it as asked`);
+    return { snapshotId: newest.id, prepareMs: 0 };
+  }
   if (status.state === 'fresh') return { snapshotId: status.snapshotId!, prepareMs: 0 };
   if (req.allowStale && status.newestSnapshotId) {
     say(`snapshot ${status.newestSnapshotId} is stale (${status.reasons.join('; ')}); running on it as asked`);

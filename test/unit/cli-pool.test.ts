@@ -13,4 +13,14 @@ describe('prewarm pool set --size', () => {
       expect(r.stderr, size).toContain(`--size must be a whole number from 0 to 1000, got "${size}"`);
     }
   }, 120_000);
+
+  it('refuses --remote rather than change this host\'s pools', async () => {
+    const env = { PREWARM_HOME: process.env.PREWARM_HOME };
+    const r = await prewarmCli(['--remote', 'http://127.0.0.1:9', 'pool', 'set', 'web', '--size', '0'], { env });
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr).toContain('`prewarm pool set` has no remote mode and would act on this host, not on http://127.0.0.1:9');
+    const snap = await prewarmCli(['snapshot', 'ls'], { env: { ...env, PREWARM_REMOTE: 'http://127.0.0.1:9' } });
+    expect(snap.exitCode).toBe(1);
+    expect(snap.stderr).toContain('`prewarm snapshot ls` has no remote mode');
+  }, 60_000);
 });

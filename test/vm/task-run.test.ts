@@ -213,6 +213,19 @@ describe('task run (real QEMU)', () => {
     expect(files(result)).toEqual(['before.txt']);
   }, 10 * MINUTE);
 
+  it('a repository that cannot be reached: the task is refused, unless a stale snapshot is allowed', async () => {
+    const gone: EnvSpec = { ...tiny, repository: { ...tiny.repository, path: join(work, 'gone') } };
+    await expect(runTask(gone, { envName: TASK_ENV, commands: ['true'], noRebuild: true }))
+      .rejects.toMatchObject({ code: 'REPO_UNREACHABLE' });
+    const events: string[] = [];
+    const result = await runTask(gone, { envName: TASK_ENV, commands: ['true'], allowStale: true },
+      tracking({ onEvent: (m) => events.push(m) }));
+    expect(result.status, result.message ?? '').toBe('succeeded');
+    const newest = (await (await SnapshotStore.open()).list({ envName: TASK_ENV })).find((x) => x.valid)!;
+    expect(result.snapshotId).toBe(newest.id);
+    expect(events[0]).toMatch(new RegExp(`^cannot tell whether snapshot ${newest.id} is fresh \\(cannot reach repository`));
+  });
+
   it('a task past its timeout ends timed_out', async () => {
     const { result, output } = await run(['sleep 60'], { spec: withTask({ timeoutSeconds: 5 }) });
 
