@@ -1,7 +1,7 @@
 import { WarmPools } from '../pool/pool.js';
 import { budgetedVmSource } from '../pool/source.js';
 import { openState, type StateStore, type Task } from '../state/db.js';
-import { errorMessage } from '../util/errors.js';
+import { InputError, errorMessage } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import { buildApp, type Api } from './app.js';
 import { loadOrCreateToken, tokenPath } from './auth.js';
@@ -79,9 +79,20 @@ export async function startService(opts: ServiceOptions = {}): Promise<Service> 
       draining: () => draining,
     });
 
+    // Listen first: a port in use must fail the start before the queue takes any task.
+    const host = opts.host ?? DEFAULTS.host;
+    const port = opts.port ?? DEFAULTS.port;
+    const listened = await api.app.listen({ host, port }).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EADDRINUSE' && err.code !== 'EACCES' && err.code !== 'EADDRNOTAVAIL') throw err;
+      throw new InputError(`cannot listen on ${host}:${port} (${err.code}): ` +
+        (err.code === 'EADDRINUSE' ? 'another process (another prewarm serve?) has it; choose another --port'
+          : err.code === 'EACCES' ? 'not allowed; choose a port above 1023' : 'no such address on this host'));
+    });
+    // Fastify names a loopback address for a wildcard host; say what was asked for.
+    const address = host === '0.0.0.0' || host === '::'
+      ? `http://${host.includes(':') ? `[${host}]` : host}:${new URL(listened).port}` : listened;
     const recovered = await queue.start();
     for (const task of recovered) metrics.observe(task);
-    const address = await api.app.listen({ host: opts.host ?? DEFAULTS.host, port: opts.port ?? DEFAULTS.port });
     log.info({ url: address, concurrency: queue.concurrency, recovered: recovered.length }, 'service listening');
 
     const shutdown = (graceMs = DEFAULTS.graceSeconds * 1000): Promise<void> => {

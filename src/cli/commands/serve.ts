@@ -4,11 +4,11 @@ import { InputError } from '../../util/errors.js';
 import { logger, setLogLevel } from '../../util/log.js';
 import { globals } from '../globals.js';
 
-function whole(flag: string, min: number) {
+function whole(flag: string, min: number, max = 1_000_000) {
   return (value: string): number => {
-    const n = Number(value);
-    if (!Number.isInteger(n) || n < min) {
-      throw new InputError(`${flag} must be a whole number >= ${min}, got "${value}"`);
+    const n = /^\d{1,7}$/.test(value) ? Number(value) : NaN;
+    if (!(n >= min && n <= max)) {
+      throw new InputError(`${flag} must be a whole number from ${min} to ${max}, got "${value}"`);
     }
     return n;
   };
@@ -21,7 +21,7 @@ export function registerServe(program: Command): void {
     .description('run the HTTP API: environments, a task queue that survives restarts, live logs, metrics')
     .addOption(new Option('--host <addr>', 'address to listen on').default(DEFAULTS.host).env('PREWARM_API_HOST'))
     .addOption(new Option('--port <n>', 'port to listen on (0: any free port)')
-      .default(DEFAULTS.port).env('PREWARM_API_PORT').argParser(whole('--port', 0)))
+      .default(DEFAULTS.port).env('PREWARM_API_PORT').argParser(whole('--port', 0, 65_535)))
     .addOption(new Option('--concurrency <n>', 'tasks run at once')
       .default(DEFAULTS.concurrency).env('PREWARM_API_CONCURRENCY').argParser(whole('--concurrency', 1)))
     .addOption(new Option('--grace-seconds <n>',
