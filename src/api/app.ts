@@ -44,6 +44,8 @@ export function buildApp(deps: AppDeps): Api {
     loggerInstance: log,
     logController: new LogController({ disableRequestLogging: true }),
     return503OnClosing: true,
+    // Long ids reach the routes (and auth, then 404) instead of fastify's own 414 body.
+    maxParamLength: 2048,
   });
   const streams = new LogStreams(state, (id) => queue.isActive(id), deps.logPollMs);
   const jobs = new PrepareJobs(state, deps.envOps ?? vmEnvOps);

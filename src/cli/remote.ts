@@ -28,6 +28,10 @@ export async function remoteOf(program: Command): Promise<Remote | null> {
   } catch {
     throw new InputError(`--remote must be the service's URL, like http://127.0.0.1:7070; got "${opts.remote}"`);
   }
+  if (url.search || url.hash || !/^https?:$/.test(url.protocol)) {
+    throw new InputError(`--remote must be an http(s) URL without a query or fragment, like ` +
+      `http://127.0.0.1:7070; got "${opts.remote}"`);
+  }
   let token = process.env.PREWARM_TOKEN?.trim();
   if (!token) {
     const file = opts.tokenFile ?? tokenPath();

@@ -223,6 +223,14 @@ describe('tasks', () => {
     expect(badQuery.json().error.fields[0]).toMatchObject({ in: 'query', field: 'limit' });
   });
 
+  it('checks a very long id like any other: 401 without the token, then 400 naming the id', async () => {
+    const id = `task-${'f'.repeat(300)}`;
+    expect((await call('GET', `/v1/tasks/${id}`, undefined, null)).statusCode).toBe(401);
+    const res = await call('GET', `/v1/tasks/${id}`);
+    expect(res.statusCode).toBe(400);
+    expect(res.json().error.fields).toEqual([expect.objectContaining({ in: 'params', field: 'id' })]);
+  });
+
   it('answers 404 naming an unknown task or environment', async () => {
     const id = 'task-ffffffffffff';
     for (const [method, url] of [
