@@ -84,6 +84,13 @@ describe('prewarm serve as a process (real VMs, real budget)', () => {
     await rm(work, { recursive: true, force: true });
   });
 
+  it('refuses a second service on the same PREWARM_HOME, naming the first', async () => {
+    const second = await prewarmCli(['serve', '--port', '0'], { env: { PREWARM_LOG_LEVEL: 'warn' } });
+    expect(second.exitCode).toBe(1);
+    expect(second.stderr).toContain(`another prewarm serve (process ${served!.child.pid}, on 127.0.0.1:0`);
+    expect(second.stderr).toContain('one service per PREWARM_HOME');
+  });
+
   it('accepts twenty tasks submitted at once and finishes them all, two at a time as the budget allows', async () => {
     const { api, child } = served!;
     onTestFailed(() => { process.stderr.write(`serve stderr:\n${served?.stderr()}\n`); });

@@ -1,6 +1,9 @@
 import { Option, type Command } from 'commander';
 import { DEFAULTS, startService } from '../../api/service.js';
+import { join } from 'node:path';
 import { InputError } from '../../util/errors.js';
+import { claimHolder, type Holder } from '../../util/holder-file.js';
+import { prewarmHome } from '../../util/paths.js';
 import { logger, setLogLevel } from '../../util/log.js';
 import { globals } from '../globals.js';
 
@@ -12,6 +15,11 @@ function whole(flag: string, min: number, max = 1_000_000) {
     }
     return n;
   };
+}
+
+interface ServiceHolder extends Holder {
+  host: string;
+  port: number;
 }
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
@@ -38,7 +46,21 @@ export function registerServe(program: Command): void {
           'protection and traffic is not encrypted; put a TLS proxy in front');
       }
 
-      const service = await startService({ host: opts.host, port: opts.port, concurrency: opts.concurrency });
+      // One service per PREWARM_HOME: a second would share the queue and double the work
+      // the host takes on.
+      const release = await claimHolder<ServiceHolder>(join(prewarmHome(), 'service.json'),
+        { host: opts.host, port: opts.port }, (other) => new InputError(other
+          ? `another prewarm serve (process ${other.pid}, on ${other.host}:${other.port}, started ` +
+            `${other.startedAt}) serves ${prewarmHome()}; one service per PREWARM_HOME: stop it, or ` +
+            'give this one its own PREWARM_HOME'
+          : `could not claim ${prewarmHome()}/service.json; another prewarm serve is starting`));
+      let service: Awaited<ReturnType<typeof startService>>;
+      try {
+        service = await startService({ host: opts.host, port: opts.port, concurrency: opts.concurrency });
+      } catch (err) {
+        await release();
+        throw err;
+      }
       process.stderr.write(`prewarm: serving on ${service.url}\n` +
         `prewarm: API token ${service.tokenCreated ? 'created in' : 'read from'} ${service.tokenPath} ` +
         '(send it as "Authorization: Bearer <token>")\n');
@@ -53,7 +75,7 @@ export function registerServe(program: Command): void {
           }
           process.stderr.write(`prewarm: ${signal}: no new requests; running tasks get ` +
             `${opts.graceSeconds} s to finish\n`);
-          service.shutdown(opts.graceSeconds * 1000).then(resolve, (err) => {
+          service.shutdown(opts.graceSeconds * 1000).finally(release).then(resolve, (err) => {
             log.error({ err }, 'shutdown failed');
             process.exitCode = 1;
             resolve();
