@@ -137,17 +137,32 @@ export class TaskQueue {
    * Stop claiming, give running tasks `graceMs` to finish, then cancel the rest and wait until
    * their runners have released their VMs. Queued tasks stay queued.
    */
+  /** During stop(): end the grace period now, cancelling the tasks still running. */
+  hurry(): void {
+    this.endGrace();
+  }
+
+  private endGrace: () => void = () => {};
+
   async stop(graceMs: number): Promise<{ finished: number; cancelled: string[] }> {
     this.accepting = false;
     clearInterval(this.timer);
+    let hurried = false;
+    const cut = new Promise<false>((resolve) => {
+      this.endGrace = () => {
+        hurried = true;
+        resolve(false);
+      };
+    });
     await this.pumping;
 
     const inFlight = [...this.active.values()];
     const allDone = Promise.all(inFlight.map((a) => a.done));
-    const inTime = await withDeadline(allDone, graceMs);
+    const inTime = await Promise.race([withDeadline(allDone, graceMs), cut]);
     const cancelled: string[] = [];
     if (!inTime) {
-      const reason = `cancelled: the service shut down and the ${Math.round(graceMs / 1000)} s grace period ran out`;
+      const reason = hurried ? 'cancelled: the service was told to stop at once (a second signal)'
+        : `cancelled: the service shut down and the ${Math.round(graceMs / 1000)} s grace period ran out`;
       for (const { task } of [...this.active.values()]) {
         await this.cancel(task.id, reason).then(() => cancelled.push(task.id), (err) => {
           this.log.warn({ taskId: task.id, err: errorMessage(err) }, 'cancel at shutdown failed');

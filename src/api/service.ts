@@ -45,6 +45,8 @@ export interface Service {
   queue: TaskQueue;
   state: StateStore;
   shutdown(graceMs?: number): Promise<void>;
+  /** During shutdown: cancel the running tasks now instead of at the end of the grace period. */
+  hurry(): void;
 }
 
 /**
@@ -102,7 +104,7 @@ export async function startService(opts: ServiceOptions = {}): Promise<Service> 
     };
     return {
       url: address, tokenPath: tokenPath(), token, tokenCreated: created, recovered,
-      api, queue, state, shutdown,
+      api, queue, state, shutdown, hurry: () => queue.hurry(),
     };
   } catch (err) {
     await pools?.stop();

@@ -213,6 +213,30 @@ describe('restarts', () => {
     expect(second.stats.ran).toHaveLength(2);
   });
 
+  it('hurry() during a shutdown cancels the running task at once instead of after the grace', async () => {
+    const held = fakeRunner(() => service!.state, 60_000);
+    const s = await start(held.runner, 1);
+    const api = client(s);
+    await api.createEnvironment({ spec: SPEC });
+    const task = await api.createTask({ envName: 'web', commands: ['job'] });
+    await expect.poll(() => held.stats.running, { timeout: 15_000 }).toBe(1);
+
+    const startedMs = Date.now();
+    const stopping = s.shutdown(60_000);
+    s.hurry();
+    await stopping;
+    service = undefined;
+    expect(Date.now() - startedMs).toBeLessThan(10_000);
+    expect(held.stats.aborted).toEqual([task.id]);
+    const state = openState();
+    try {
+      expect((await state.tasks.get(task.id))?.status).toBe('cancelled');
+      expect((await state.tasks.get(task.id))?.result).toMatchObject({ message: expect.stringContaining('stop at once') });
+    } finally {
+      state.close();
+    }
+  });
+
   it('refuses new requests while draining', async () => {
     const { runner } = fakeRunner(() => service!.state, 300);
     const s = await start(runner, 1);

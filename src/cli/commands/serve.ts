@@ -70,7 +70,8 @@ export function registerServe(program: Command): void {
         const onSignal = (signal: NodeJS.Signals) => {
           signals += 1;
           if (signals > 1) {
-            process.stderr.write(`prewarm: ${signal} again; still stopping (tasks are being cancelled)\n`);
+            process.stderr.write(`prewarm: ${signal} again: cancelling the running tasks now\n`);
+            service.hurry();
             return;
           }
           process.stderr.write(`prewarm: ${signal}: no new requests; running tasks get ` +
