@@ -1,11 +1,9 @@
 import { Option, type Command } from 'commander';
 import { DEFAULTS, startService } from '../../api/service.js';
-import { join } from 'node:path';
 import { InputError } from '../../util/errors.js';
-import { claimHolder, type Holder } from '../../util/holder-file.js';
-import { prewarmHome } from '../../util/paths.js';
 import { logger, setLogLevel } from '../../util/log.js';
 import { globals } from '../globals.js';
+import { claimService } from '../service-file.js';
 
 function whole(flag: string, min: number, max = 1_000_000) {
   return (value: string): number => {
@@ -15,11 +13,6 @@ function whole(flag: string, min: number, max = 1_000_000) {
     }
     return n;
   };
-}
-
-interface ServiceHolder extends Holder {
-  host: string;
-  port: number;
 }
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
@@ -46,14 +39,7 @@ export function registerServe(program: Command): void {
           'protection and traffic is not encrypted; put a TLS proxy in front');
       }
 
-      // One service per PREWARM_HOME: a second would share the queue and double the work
-      // the host takes on.
-      const release = await claimHolder<ServiceHolder>(join(prewarmHome(), 'service.json'),
-        { host: opts.host, port: opts.port }, (other) => new InputError(other
-          ? `another prewarm serve (process ${other.pid}, on ${other.host}:${other.port}, started ` +
-            `${other.startedAt}) serves ${prewarmHome()}; one service per PREWARM_HOME: stop it, or ` +
-            'give this one its own PREWARM_HOME'
-          : `could not claim ${prewarmHome()}/service.json; another prewarm serve is starting`));
+      const release = await claimService(opts.host, opts.port);
       let service: Awaited<ReturnType<typeof startService>>;
       try {
         service = await startService({ host: opts.host, port: opts.port, concurrency: opts.concurrency });

@@ -2,7 +2,7 @@ import { once } from 'node:events';
 import type { Command } from 'commander';
 import { readFile } from 'node:fs/promises';
 import { specFor } from '../../env/lookup.js';
-import { openState } from '../../state/db.js';
+import { openState, type StateStore } from '../../state/db.js';
 import { submitAndRun } from '../../task/record.js';
 import { budgetedVmSource } from '../../pool/source.js';
 import type { TaskResult } from '../../task/types.js';
@@ -12,6 +12,7 @@ import { mib, report, table } from '../output.js';
 import { renderResult } from '../render.js';
 import { remoteOf, remoteTaskCancel, remoteTaskLs, remoteTaskRun, remoteTaskShow } from '../remote.js';
 import { globals } from '../globals.js';
+import { readService } from '../service-file.js';
 
 async function readScript(file: string): Promise<string[]> {
   const text = await readFile(file, 'utf8').catch((err: NodeJS.ErrnoException) => {
@@ -52,11 +53,15 @@ export function registerTask(program: Command): void {
       }
       const remote = await remoteOf(program);
       if (remote) {
+        if (timeoutSeconds !== undefined && !Number.isInteger(timeoutSeconds)) {
+          throw new InputError(`--timeout must be whole seconds with --remote (the API takes whole seconds), got "${opts.timeout}"`);
+        }
         return remoteTaskRun(remote, envArg, { json: g.json, diffOnly: opts.diffOnly, commands, commit: opts.commit,
           timeoutSeconds, allowStale: opts.allowStale, noRebuild: !opts.rebuild });
       }
       const { spec } = await specFor(envArg);
       const state = openState();
+      if (!g.json && !opts.diffOnly) await hintServicePool(state, spec.name);
       // Ctrl-C or SIGTERM cancels the task (its VM is destroyed, it is recorded cancelled);
       // a second one quits at once (the VM still dies with this process).
       const cancel = new AbortController();
@@ -172,4 +177,16 @@ export function registerTask(program: Command): void {
       }
       await remoteTaskCancel(remote, g.json, id);
     });
+}
+
+/** Pool VMs serve the process that keeps them: when a service on this PREWARM_HOME keeps a
+ * pool for the environment, say that this run restores and how to use the pool instead. */
+async function hintServicePool(state: StateStore, envName: string): Promise<void> {
+  const service = await readService();
+  const pool = service ? await state.pools.get(envName) : undefined;
+  if (!service || !pool || pool.targetSize === 0) return;
+  const url = service.port === 0 ? 'URL' : `http://${service.host === '0.0.0.0' ? '127.0.0.1' : service.host}:${service.port}`;
+  process.stderr.write(`prewarm: the service (process ${service.pid}) keeps warm VMs of ${envName} for its own ` +
+    `tasks; this run restores one. Through the service a task takes a warm VM: ` +
+    `prewarm --remote ${url} task run ${envName} -- ...\n`);
 }
