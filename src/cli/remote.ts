@@ -76,7 +76,10 @@ export async function remoteTaskRun(remote: Remote, nameOrPath: string, opts: Re
     envName, commands: opts.commands, commit: opts.commit, allowStale: opts.allowStale, noRebuild: opts.noRebuild,
     timeoutSeconds: opts.timeoutSeconds === undefined ? undefined : Math.ceil(opts.timeoutSeconds),
   });
-  if (live) process.stderr.write(`prewarm: task ${created.id} submitted to ${remote.url}\n`);
+  if (live) {
+    process.stderr.write(`prewarm: task ${created.id} submitted to ${remote.url}` +
+      (created.status === 'queued' ? ' (queued: its output follows once the service runs it)' : '') + '\n');
+  }
 
   let cancelling = false;
   const onSignal = (sig: NodeJS.Signals) => {
