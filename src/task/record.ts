@@ -77,6 +77,7 @@ export async function runRecorded(
     else await state.tasks.markFinished(taskId, result.status, stored);
     return result;
   } catch (err) {
+    output.finish();
     await pending;
     if (err instanceof CancelledError) await state.tasks.markFinished(taskId, 'cancelled', { message: err.message });
     else await state.tasks.markError(taskId, errorMessage(err));
