@@ -133,10 +133,6 @@ export class TaskQueue {
     return (await tasks.get(taskId))!;
   }
 
-  /**
-   * Stop claiming, give running tasks `graceMs` to finish, then cancel the rest and wait until
-   * their runners have released their VMs. Queued tasks stay queued.
-   */
   /** During stop(): end the grace period now, cancelling the tasks still running. */
   hurry(): void {
     this.endGrace();
@@ -144,6 +140,10 @@ export class TaskQueue {
 
   private endGrace: () => void = () => {};
 
+  /**
+   * Stop claiming, give running tasks `graceMs` to finish, then cancel the rest and wait until
+   * their runners have released their VMs. Queued tasks stay queued.
+   */
   async stop(graceMs: number): Promise<{ finished: number; cancelled: string[] }> {
     this.accepting = false;
     clearInterval(this.timer);

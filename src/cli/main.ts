@@ -57,9 +57,9 @@ try {
   printError(err, globals(program).json);
   process.exitCode = 1;
 }
-// A command is done when its action returns. Detached VMs (`vm boot`, `vm restore`) keep
-// running; nothing else of this process should, so leftover handles must not hold it open.
 // Output to a pipe is written asynchronously: exit once it has all been handed over.
 await new Promise<void>((resolve) => process.stdout.write('', () => resolve()));
 await new Promise<void>((resolve) => process.stderr.write('', () => resolve()));
+// A command is done when its action returns. Detached VMs (`vm boot`, `vm restore`) keep
+// running; nothing else of this process should, so leftover handles must not hold it open.
 process.exit(process.exitCode ?? 0);

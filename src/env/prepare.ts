@@ -10,7 +10,7 @@ import type { Guest } from '../guest/guest.js';
 import { SnapshotStore } from '../snapshot/store.js';
 import { tmpName } from '../snapshot/atomic-fs.js';
 import { runLimited } from '../task/limits.js';
-import { GUEST_RESERVE_MIB } from '../task/reserve.js';
+import { commandMemoryLimitBytes } from '../task/reserve.js';
 import { PrepareError } from '../util/errors.js';
 import { logger } from '../util/log.js';
 import { createProgress } from '../util/progress.js';
@@ -175,9 +175,6 @@ export async function prepareEnv(spec: EnvSpec, opts: PrepareOptions = {}): Prom
  * speak of; tasks get the spec's limits. */
 const SETUP_PIDS_MAX = 32_768;
 
-function setupMemoryBytes(memoryMiB: number): number {
-  return (memoryMiB - GUEST_RESERVE_MIB) * 2 ** 20;
-}
 
 async function installRuntimes(guest: Guest, env: ResolvedEnv, memoryMiB: number, onOutput?: (chunk: Buffer) => void): Promise<void> {
   const scripts: [string, string][] = [];
@@ -189,7 +186,7 @@ async function installRuntimes(guest: Guest, env: ResolvedEnv, memoryMiB: number
   for (const [what, script] of scripts) {
     const result = await runLimited(guest, {
       taskId: 'prepare', index: 0, command: script, cwd: '/', env: {},
-      memoryLimitBytes: setupMemoryBytes(memoryMiB), pidsMax: SETUP_PIDS_MAX, timeoutMs: RUNTIME_TIMEOUT_MS, onOutput,
+      memoryLimitBytes: commandMemoryLimitBytes(memoryMiB), pidsMax: SETUP_PIDS_MAX, timeoutMs: RUNTIME_TIMEOUT_MS, onOutput,
     });
     if (result.exitCode !== 0) {
       throw new PrepareError(`environment ${env.spec.name}: installing ${what} in VM ${guest.vmId} ` +
@@ -205,7 +202,7 @@ async function runSetup(
 ): Promise<void> {
   const result = await runLimited(guest, {
     taskId: 'prepare', index: 1, command: env.spec.setup, cwd: guestRepoDir(env.spec.name),
-    env: { ...env.spec.env, ...secrets }, memoryLimitBytes: setupMemoryBytes(memoryMiB), pidsMax: SETUP_PIDS_MAX,
+    env: { ...env.spec.env, ...secrets }, memoryLimitBytes: commandMemoryLimitBytes(memoryMiB), pidsMax: SETUP_PIDS_MAX,
     timeoutMs: SETUP_TIMEOUT_MS, onOutput,
   });
   if (result.status !== 'succeeded') {

@@ -14,7 +14,6 @@ import { budgetedVmSource, type BudgetedSourceOptions } from './source.js';
 
 export type { PoolView } from './env-pool.js';
 
-
 export interface WarmPoolsOptions {
   state: StateStore;
   budget?: MemoryBudget;

@@ -1,8 +1,7 @@
 import { TIERS, type TierName } from '../env/spec.js';
 import type { TaskPeak } from '../state/db.js';
-import { GUEST_RESERVE_MIB } from '../task/reserve.js';
+import { commandMemoryLimitBytes } from '../task/reserve.js';
 
-const MiB = 2 ** 20;
 /** A tier fits when its task limit holds the peak plus this much. */
 export const HEADROOM = 0.25;
 
@@ -29,7 +28,7 @@ export function percentile(sorted: number[], p: number): number | null {
 
 /** The memory a task may use in a tier: the tier less what the guest keeps for itself. */
 export function taskLimitBytes(tier: TierName): number {
-  return (TIERS[tier].memoryMiB - GUEST_RESERVE_MIB) * MiB;
+  return commandMemoryLimitBytes(TIERS[tier].memoryMiB);
 }
 
 export function smallestTierFor(peakBytes: number | null): TierName | null {

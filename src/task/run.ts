@@ -13,7 +13,7 @@ import { logger } from '../util/log.js';
 import { paths } from '../util/paths.js';
 import { restoreReady, type ReadyVm, type VmSource } from './acquire.js';
 import { runLimited } from './limits.js';
-import { GUEST_RESERVE_MIB } from './reserve.js';
+import { commandMemoryLimitBytes } from './reserve.js';
 import { extractDiff } from './diff.js';
 import type { CommandOutcome, TaskRequest, TaskResult, TaskStatus } from './types.js';
 
@@ -85,7 +85,7 @@ export async function runTask(spec: EnvSpec, req: TaskRequest, opts: RunTaskOpti
   const say = (m: string) => opts.onEvent?.(m);
   const secrets = resolveSecrets(spec);
   const tier = resolveTier(spec.tier);
-  const memoryLimitBytes = (tier.memoryMiB - GUEST_RESERVE_MIB) * 2 ** 20;
+  const memoryLimitBytes = commandMemoryLimitBytes(tier.memoryMiB);
   const timeoutMs = (req.timeoutSeconds ?? spec.task.timeoutSeconds) * 1000;
   if (req.commands.length === 0) throw new PrewarmError('BAD_INPUT', 'a task needs at least one command');
 

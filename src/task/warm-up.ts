@@ -3,13 +3,13 @@ import { resolveTier, type EnvSpec } from '../env/spec.js';
 import type { Guest } from '../guest/guest.js';
 import { TaskError } from './errors.js';
 import { runLimited } from './limits.js';
-import { GUEST_RESERVE_MIB } from './reserve.js';
+import { commandMemoryLimitBytes } from './reserve.js';
 
 const WARM_UP_TIMEOUT_MS = 30_000;
 
 /**
- * Run one no-op command through a task's exact path (the limits script, its cgroup,
- * prewarm-run, the shell, in the repository) in a VM that waits for a task.
+ * Run one no-op command through a task's exact path (the limits script, its cgroup, the
+ * guest environment, the command's shell, in the repository) in a VM that waits for a task.
  *
  * Under TCG a restored guest runs every code path slowly the first time: QEMU translates it
  * then, and keeps the translation by guest physical address, so later processes that run the
@@ -18,10 +18,9 @@ const WARM_UP_TIMEOUT_MS = 30_000;
  * Its only trace in the guest is an empty log in /var/log/prewarm.
  */
 export async function warmCommandPath(guest: Guest, spec: EnvSpec): Promise<void> {
-  const tier = resolveTier(spec.tier);
   const result = await runLimited(guest, {
     taskId: `warm-up-${guest.vmId}`, index: 0, command: 'true', cwd: guestRepoDir(spec.name),
-    memoryLimitBytes: (tier.memoryMiB - GUEST_RESERVE_MIB) * 2 ** 20, pidsMax: spec.task.pidsMax,
+    memoryLimitBytes: commandMemoryLimitBytes(resolveTier(spec.tier).memoryMiB), pidsMax: spec.task.pidsMax,
     timeoutMs: WARM_UP_TIMEOUT_MS,
   });
   if (result.status !== 'succeeded') {
