@@ -8,21 +8,9 @@ import { IDLE_VM_CORE_SHARE, POOL_MAX_SIZE } from '../../pool/size.js';
 import { HEADROOM, rightSize } from '../../pool/right-size.js';
 import { poolsReport } from '../../pool/status.js';
 import { openState } from '../../state/db.js';
-import { InputError } from '../../util/errors.js';
+import { wholeNumber } from '../args.js';
 import { globals } from '../globals.js';
 import { mib, report, table } from '../output.js';
-
-function whole(flag: string, value: string): number {
-  const n = /^\d{1,9}$/.test(value) ? Number(value) : NaN;
-  if (!Number.isInteger(n)) throw new InputError(`${flag} must be a whole number >= 0, got "${value}"`);
-  return n;
-}
-
-function poolSize(value: string): number {
-  const n = /^\d{1,9}$/.test(value) ? Number(value) : NaN;
-  if (!(n <= POOL_MAX_SIZE)) throw new InputError(`--size must be a whole number from 0 to ${POOL_MAX_SIZE}, got "${value}"`);
-  return n;
-}
 
 /** Said when a pool's idle VMs would take a good part of the host's cores. */
 function cpuWarning(size: number): string {
@@ -41,7 +29,7 @@ export function registerPool(program: Command): void {
     .requiredOption('--size <n>', 'VMs to keep ready')
     .action(async (envName: string, opts: { size: string }) => {
       const g = globals(program);
-      const size = poolSize(opts.size);
+      const size = wholeNumber('--size', opts.size, 0, POOL_MAX_SIZE);
       const state = openState();
       try {
         const target = size === 0 ? (await state.pools.remove(envName), { envName, targetSize: 0 })
@@ -134,7 +122,7 @@ export function registerUsage(program: Command): void {
       const g = globals(program);
       const state = openState();
       try {
-        const usage = rightSize(envName, await state.tasks.peaks(envName, Math.max(1, whole('--last', opts.last))));
+        const usage = rightSize(envName, await state.tasks.peaks(envName, Math.max(1, wholeNumber('--last', opts.last, 0, 999_999_999))));
         const env = await state.environments.get(envName);
         const tier = env ? resolveTier((await loadSpec(env.specPath).catch(() => null))?.tier ?? 'small') : null;
         const name = (t: TierName | null) => (t ? `${t} (${TIERS[t].memoryMiB} MiB)` : 'none of the tiers');

@@ -1,18 +1,12 @@
 import { Option, type Command } from 'commander';
 import { DEFAULTS, startService } from '../../api/service.js';
-import { InputError } from '../../util/errors.js';
 import { logger, setLogLevel } from '../../util/log.js';
+import { wholeNumber } from '../args.js';
 import { globals } from '../globals.js';
 import { claimService } from '../service-file.js';
 
 function whole(flag: string, min: number, max = 1_000_000) {
-  return (value: string): number => {
-    const n = /^\d{1,7}$/.test(value) ? Number(value) : NaN;
-    if (!(n >= min && n <= max)) {
-      throw new InputError(`${flag} must be a whole number from ${min} to ${max}, got "${value}"`);
-    }
-    return n;
-  };
+  return (value: string): number => wholeNumber(flag, value, min, max);
 }
 
 const LOOPBACK = new Set(['127.0.0.1', '::1', 'localhost']);
