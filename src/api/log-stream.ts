@@ -1,12 +1,10 @@
 import type { ServerResponse } from 'node:http';
 import type { FastifyReply } from 'fastify';
 import type { LogChunk, StateStore, TaskStatus } from '../state/db.js';
+import { LOG_READ_BATCH } from '../state/task-logs.js';
 import type { LogEntry } from './schemas.js';
 
 const KEEPALIVE_MS = 15_000;
-/** Chunks read per round. A stored chunk is at most 1 MiB, so a stream holds a few MiB at a
- * time however large the log, and other requests get the event loop between rounds. */
-const READ_BATCH = 8;
 const OPEN: readonly TaskStatus[] = ['queued', 'running'];
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
@@ -49,6 +47,13 @@ export class LogStreams {
     for (const wake of wakers ?? []) wake();
   }
 
+  /** A stream's task has ended once it is neither queued nor running and its runner in this
+   * service has let go of it (so its last chunks are stored). */
+  private async taskEnd(taskId: string): Promise<{ ended: boolean; status: string }> {
+    const task = await this.state.tasks.get(taskId);
+    return { ended: !task || (!OPEN.includes(task.status) && !this.isActive(taskId)), status: task?.status ?? 'unknown' };
+  }
+
   /** Until notify(taskId), or pollMs at most. */
   private pause(taskId: string): Promise<void> {
     return new Promise((resolve) => {
@@ -84,20 +89,20 @@ export class LogStreams {
     let lastWriteMs = Date.now();
     try {
       while (!closed && this.open.has(res)) {
-        const task = await this.state.tasks.get(taskId);
-        const ended = !task || (!OPEN.includes(task.status) && !this.isActive(taskId));
-        const chunks = await this.state.taskLogs.read(taskId, seq, READ_BATCH);
+        const { ended, status } = await this.taskEnd(taskId);
+        const chunks = await this.state.taskLogs.read(taskId, seq, LOG_READ_BATCH);
         for (const chunk of chunks) {
           await write(res, `id: ${chunk.seq}\nevent: ${chunk.stream}\ndata: ${JSON.stringify(logEntry(chunk))}\n\n`);
           seq = chunk.seq;
           lastWriteMs = Date.now();
         }
         if (chunks.length > 0) {
+          // Other requests get the event loop between batches.
           await new Promise((resolve) => setImmediate(resolve));
           continue;
         }
         if (ended) {
-          await write(res, `event: end\ndata: ${JSON.stringify({ status: task?.status ?? 'unknown' })}\n\n`);
+          await write(res, `event: end\ndata: ${JSON.stringify({ status })}\n\n`);
           break;
         }
         if (Date.now() - lastWriteMs > KEEPALIVE_MS) {
@@ -121,10 +126,7 @@ export class LogStreams {
     const deadline = Date.now() + timeoutMs;
     const endedOnes = async () => {
       const ended: string[] = [];
-      for (const taskId of new Set(this.open.values())) {
-        const task = await this.state.tasks.get(taskId);
-        if (!task || (!OPEN.includes(task.status) && !this.isActive(taskId))) ended.push(taskId);
-      }
+      for (const taskId of new Set(this.open.values())) if ((await this.taskEnd(taskId)).ended) ended.push(taskId);
       return ended;
     };
     for (let ended = await endedOnes(); ended.length > 0 && Date.now() < deadline; ended = await endedOnes()) {

@@ -6,7 +6,7 @@ import { PrewarmApiError, PrewarmClient, type TaskView } from '../sdk/client.js'
 import type { TaskResult } from '../task/types.js';
 import { InputError, NotFoundError } from '../util/errors.js';
 import { mib, report, table } from './output.js';
-import { renderResult } from './render.js';
+import { renderResult, taskExitCode } from './render.js';
 
 /**
  * The CLI's remote mode: with `--remote URL` (or PREWARM_REMOTE) the task and env commands
@@ -104,7 +104,7 @@ export async function remoteTaskRun(remote: Remote, nameOrPath: string, opts: Re
         `diff could be fetched (${err.message}); once it answers: ${show} [--diff]\n`
       : `prewarm: lost the service while following task ${created.id}: ${err.message}\n` +
         `prewarm: the task is recorded there; once it answers: ${show}\n`);
-    process.exitCode = endStatus === 'succeeded' ? 0 : endStatus === 'cancelled' ? 130 : 2;
+    process.exitCode = taskExitCode(endStatus);
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
@@ -129,7 +129,7 @@ async function followRemoteTask(
     process.stdout.write(`\n${renderRemoteTask(task)}\n`);
     if (patch.length > 0) process.stdout.write(Buffer.concat([Buffer.from('\n'), patch]));
   }
-  process.exitCode = task.status === 'succeeded' ? 0 : task.status === 'cancelled' ? 130 : 2;
+  process.exitCode = taskExitCode(task.status);
 }
 
 /** A task as the service reports it: the result block when it has one, else its status. */

@@ -21,3 +21,8 @@ export function renderResult(r: TaskResult): string {
   }
   return lines.join('\n');
 }
+
+/** `task run`'s exit status for a task that ended with `status` (see the README). */
+export function taskExitCode(status: string | undefined): number {
+  return status === 'succeeded' ? 0 : status === 'cancelled' ? 130 : 2;
+}

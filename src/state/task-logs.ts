@@ -3,6 +3,11 @@ import type { Database, Statement, Transaction } from 'better-sqlite3';
 import { fromJson, toBytes, toDate, toJson, isSqliteError, type ClockMs } from './sql.js';
 import { NotFoundError } from '../util/errors.js';
 
+/** Chunks to read at a time when going through a whole log: a stored chunk is at most 1 MiB
+ * (the size a command's output is read from the guest in), so a reader holds a few MiB at a
+ * time however large the log. */
+export const LOG_READ_BATCH = 8;
+
 /** 'output' is what the task's commands wrote; 'event' is prewarm's own progress lines. */
 export type LogStream = 'output' | 'event';
 export type LogData = Buffer | Uint8Array | string;

@@ -3,13 +3,14 @@ import type { Command } from 'commander';
 import { readFile } from 'node:fs/promises';
 import { specFor } from '../../env/lookup.js';
 import { openState, type StateStore } from '../../state/db.js';
+import { LOG_READ_BATCH } from '../../state/task-logs.js';
 import { submitAndRun } from '../../task/record.js';
 import { budgetedVmSource } from '../../pool/source.js';
 import type { TaskResult } from '../../task/types.js';
 import { CancelledError, InputError, NotFoundError, PrewarmError } from '../../util/errors.js';
 import { shellQuote } from '../../guest/guest.js';
 import { mib, report, table } from '../output.js';
-import { renderResult } from '../render.js';
+import { renderResult, taskExitCode } from '../render.js';
 import { remoteOf, remoteTaskCancel, remoteTaskLs, remoteTaskRun, remoteTaskShow } from '../remote.js';
 import { globals } from '../globals.js';
 import { readService } from '../service-file.js';
@@ -97,7 +98,7 @@ export function registerTask(program: Command): void {
           process.stdout.write(`\n${renderResult(result)}\n`);
           if (result.diff?.patchBytes?.length) process.stdout.write(Buffer.concat([Buffer.from('\n'), result.diff.patchBytes]));
         }
-        process.exitCode = result.status === 'succeeded' ? 0 : result.status === 'cancelled' ? 130 : 2;
+        process.exitCode = taskExitCode(result.status);
       } finally {
         process.off('SIGINT', onSignal);
         process.off('SIGTERM', onSignal);
@@ -148,9 +149,9 @@ export function registerTask(program: Command): void {
           }
           process.stdout.write(diff.patch);
         } else if (opts.log) {
-          // A few chunks (at most 1 MiB each) at a time, waiting for the pipe to take them.
-          for (let seq = 0, chunks = await state.taskLogs.read(id, seq, 8); chunks.length > 0;
-            chunks = await state.taskLogs.read(id, seq, 8)) {
+          // A few chunks at a time, waiting for the pipe to take them.
+          for (let seq = 0, chunks = await state.taskLogs.read(id, seq, LOG_READ_BATCH); chunks.length > 0;
+            chunks = await state.taskLogs.read(id, seq, LOG_READ_BATCH)) {
             for (const c of chunks) {
               seq = c.seq;
               if (c.stream === 'output' && !process.stdout.write(c.data)) await once(process.stdout, 'drain');
